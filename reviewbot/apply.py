@@ -1,0 +1,163 @@
+"""Applying a series to a kernel tree without touching the user's checkout.
+
+The series is applied into a temporary index (GIT_INDEX_FILE) with
+`git apply --cached`, and every object git writes goes to a temporary
+object directory that borrows the user's objects as an alternate.  The
+user's working tree, index, refs, stash, worktree list and object store
+are never written to; everything we create lives in one temporary
+directory that is removed on exit, Ctrl-C included.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+import git
+
+from .errors import TreeError
+
+_FAILED_RE = re.compile(r"^error: patch failed: (.+):(\d+)$", re.MULTILINE)
+MAX_BLOB = 8 * 1024 * 1024
+
+
+@dataclass
+class ApplyResult:
+    applies: bool
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    pre_tree: str | None = None     # tree object before this patch
+    post_tree: str | None = None    # tree object after it (None if it did not apply)
+
+
+class TreeSession:
+    """A scratch area on top of the user's repository."""
+
+    def __init__(self, tree: str, base: str | None = None):
+        try:
+            self.repo = git.Repo(tree, search_parent_directories=False)
+        except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError):
+            raise TreeError(f"--tree {tree}: not a git tree") from None
+        self.path = tree
+        self.common_dir = self.repo.common_dir
+        self.objects = os.path.join(self.common_dir, "objects")
+        self.tmp = tempfile.mkdtemp(prefix="reviewbot-apply-")
+        self.index = os.path.join(self.tmp, "index")
+        self.tmp_objects = os.path.join(self.tmp, "objects")
+        os.makedirs(os.path.join(self.tmp_objects, "info"))
+        self.env = dict(os.environ)
+        for k in list(self.env):
+            if k.startswith("GIT_"):
+                del self.env[k]
+        self.env.update({
+            "GIT_DIR": self.common_dir,
+            "GIT_INDEX_FILE": self.index,
+            "GIT_OBJECT_DIRECTORY": self.tmp_objects,
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES": self.objects,
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_TERMINAL_PROMPT": "0",
+            "LC_ALL": "C",
+        })
+        self.base = self.resolve(base or "HEAD")
+        self._catfile: subprocess.Popen | None = None
+
+    # -- plumbing --------------------------------------------------------
+    def git(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["git", *args], input=input, env=self.env, cwd=self.tmp,
+                              capture_output=True)
+        if check and proc.returncode != 0:
+            raise TreeError(f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
+        return proc
+
+    def has_commit(self, rev: str) -> bool:
+        return self.git("cat-file", "-e", f"{rev}^{{commit}}", check=False).returncode == 0
+
+    def resolve(self, rev: str) -> str:
+        if rev.startswith("-"):
+            raise TreeError(f"--base {rev!r}: not a revision")
+        proc = self.git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
+        if proc.returncode != 0:
+            raise TreeError(f"--base {rev}: unknown revision in {self.path}")
+        return proc.stdout.decode().strip()
+
+    def tree_of(self, commit: str) -> str:
+        return self.git("rev-parse", f"{commit}^{{tree}}").stdout.decode().strip()
+
+    def read_blob(self, tree: str, path: str) -> str | None:
+        """The text of PATH in TREE, or None when absent (or binary/huge)."""
+        if self._catfile is None:
+            self._catfile = subprocess.Popen(["git", "cat-file", "--batch"], env=self.env, cwd=self.tmp,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self._catfile.stdin and self._catfile.stdout
+        if "\n" in path:
+            return None
+        self._catfile.stdin.write(f"{tree}:{path}\n".encode())
+        self._catfile.stdin.flush()
+        header = self._catfile.stdout.readline().decode().split()
+        if len(header) != 3:
+            return None
+        size = int(header[2])
+        data = self._catfile.stdout.read(size + 1)[:-1]
+        if header[1] != "blob" or size > MAX_BLOB or b"\x00" in data[:8192]:
+            return None
+        return data.decode("utf-8", errors="replace")
+
+    # -- applying ----------------------------------------------------------
+    def start(self, commit: str | None = None) -> str:
+        tree = self.tree_of(commit or self.base)
+        self.git("read-tree", tree)
+        return tree
+
+    def apply(self, diff_text: str, fallback_text: str | None = None) -> ApplyResult:
+        """Apply one patch on top of the index.  Strict first; then tolerate
+        whitespace damage; on failure the index is left as it was."""
+        pre = self.git("write-tree").stdout.decode().strip()
+        attempts = [(["apply", "--cached"], diff_text, None)]
+        if fallback_text is not None:
+            attempts += [
+                (["apply", "--cached", "--ignore-whitespace", "--recount"], fallback_text, "whitespace-damaged"),
+                (["apply", "--cached", "--ignore-whitespace", "--recount", "-C1"], fallback_text,
+                 "whitespace-damaged, applied with reduced context"),
+            ]
+        first_err = None
+        for args, text, note in attempts:
+            proc = self.git(*args, input=text.encode(), check=False)
+            if proc.returncode == 0:
+                post = self.git("write-tree").stdout.decode().strip()
+                return ApplyResult(True, None, [note] if note else [], pre, post)
+            self.git("read-tree", pre)
+            if first_err is None:
+                first_err = proc.stderr.decode(errors="replace")
+        return ApplyResult(False, _explain(first_err or ""), [], pre, None)
+
+    def close(self) -> None:
+        if self._catfile is not None:
+            try:
+                self._catfile.stdin.close()  # type: ignore[union-attr]
+                self._catfile.kill()
+                self._catfile.wait(5)
+            except Exception:
+                pass
+            self._catfile = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "TreeSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _explain(stderr: str) -> str:
+    """One line saying which file and hunk failed."""
+    m = _FAILED_RE.search(stderr)
+    if m:
+        return f"does not apply: hunk at {m.group(1)}:{m.group(2)} failed"
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line.startswith("error:"):
+            return "does not apply: " + line[len("error:"):].strip()[:160]
+    return "does not apply"

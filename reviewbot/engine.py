@@ -1,0 +1,197 @@
+"""The rule engine: discovery of rules, the context they see, running them.
+
+A rule is a class in a module of the `reviewbot.rules` package (the
+project's `rules/` folder), or one registered through the
+`reviewbot.rules` entry-point group.  Its docstring is its documentation.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import pkgutil
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib.metadata import entry_points
+from typing import Iterable
+
+from . import cparse
+from .diffmodel import DiffLine, FileDiff, PatchDiff
+from .findings import Finding, Location
+
+log = logging.getLogger(__name__)
+_CODE_RE = re.compile(r"^[A-Z]{2,4}\d{3}$")
+_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead")
+
+
+class FileView:
+    """One touched file: its diff and, when known, pre- and post-image."""
+
+    def __init__(self, diff: FileDiff, pre: str | None, post: str | None):
+        self.diff = diff
+        self.pre = pre
+        self.post = post
+
+    @property
+    def path(self) -> str:
+        return self.diff.path
+
+    @cached_property
+    def post_text(self) -> str:
+        """The post-image, or what the hunks show of it when no tree is known
+        (the lines in between are blank so that line numbers match)."""
+        if self.post is not None:
+            return self.post
+        return reconstruct(self.diff, new=True)
+
+    @cached_property
+    def pre_text(self) -> str:
+        if self.pre is not None:
+            return self.pre
+        return reconstruct(self.diff, new=False)
+
+    @cached_property
+    def post_tree(self):
+        return cparse.parse(self.post_text)
+
+    @cached_property
+    def pre_tree(self):
+        return cparse.parse(self.pre_text)
+
+    @cached_property
+    def added_lines(self) -> set[int]:
+        return {ln.new_no for ln in self.diff.added() if ln.new_no is not None}
+
+    @property
+    def has_full_image(self) -> bool:
+        return self.post is not None
+
+
+def reconstruct(diff: FileDiff, new: bool) -> str:
+    lines: dict[int, str] = {}
+    for h in diff.hunks:
+        for ln in h.lines:
+            if new and ln.kind != "-" and ln.new_no:
+                lines[ln.new_no] = ln.text
+            if not new and ln.kind != "+" and ln.old_no:
+                lines[ln.old_no] = ln.text
+    if not lines:
+        return ""
+    top = max(lines)
+    return "\n".join(lines.get(i, "") for i in range(1, top + 1)) + "\n"
+
+
+@dataclass
+class PatchContext:
+    series: object            # series.Series
+    patch: object             # series.Patch
+    diff: PatchDiff
+    files: list[FileView]
+    has_tree: bool
+    tree_reader: object = None   # callable(path) -> post-image text of another file, or None
+    all_patches: list = field(default_factory=list)   # every PatchContext of the series
+
+    def c_files(self) -> list[FileView]:
+        return [f for f in self.files if f.diff.is_c and not f.diff.is_deleted]
+
+
+class Rule:
+    """Base class.  Subclasses set the class attributes and override
+    check_patch and/or check_series."""
+
+    code: str = ""
+    name: str = ""
+    family: str = ""
+    severity: str = "warning"
+    confidence: str = "medium"
+
+    def check_patch(self, ctx: PatchContext) -> Iterable[Finding]:
+        return ()
+
+    def check_series(self, patches: list[PatchContext]) -> Iterable[Finding]:
+        return ()
+
+    def finding(self, path: str | None, line: int | None, message: str, *,
+                related: Iterable[Location] = (), confidence: str | None = None,
+                severity: str | None = None, end_line: int | None = None) -> Finding:
+        return Finding(self.code, self.name, self.family, severity or self.severity,
+                       confidence or self.confidence, path, line, message, tuple(related),
+                       end_line=end_line)
+
+    @classmethod
+    def doc(cls) -> str:
+        return inspect.cleandoc(cls.__doc__ or "")
+
+
+def discover() -> list[Rule]:
+    """Every rule: the modules of reviewbot.rules, then entry points."""
+    import reviewbot.rules as pkg
+
+    found: dict[str, Rule] = {}
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for obj in vars(mod).values():
+            if inspect.isclass(obj) and issubclass(obj, Rule) and obj is not Rule and obj.__module__ == mod.__name__:
+                _register(found, obj())
+    try:
+        eps = entry_points(group="reviewbot.rules")
+    except Exception:  # pragma: no cover
+        eps = []
+    for ep in eps:
+        try:
+            obj = ep.load()
+            _register(found, obj())
+        except Exception as exc:
+            log.warning("rule plugin %s failed to load: %s", ep.name, exc)
+    return sorted(found.values(), key=lambda r: r.code)
+
+
+def _register(found: dict[str, Rule], rule: Rule) -> None:
+    if not _CODE_RE.match(rule.code) or not _NAME_RE.match(rule.name):
+        raise ValueError(f"rule {type(rule).__name__}: bad code {rule.code!r} or name {rule.name!r}")
+    if rule.code in found:
+        raise ValueError(f"duplicate rule code {rule.code}")
+    found[rule.code] = rule
+
+
+def run(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None = None
+        ) -> tuple[dict[int, list[Finding]], list[Finding], list[str]]:
+    """Run the rules; returns findings per patch index, series findings,
+    and notes about rules that failed (a failing rule never stops a review)."""
+    per_patch: dict[int, list[Finding]] = {}
+    series_findings: list[Finding] = []
+    notes: list[str] = []
+    for rule in rules:
+        if only and rule.code not in only and rule.name not in only:
+            continue
+        for ctx in contexts:
+            try:
+                got = list(rule.check_patch(ctx))
+            except Exception as exc:
+                log.debug("rule %s crashed", rule.code, exc_info=True)
+                notes.append(f"rule {rule.code} ({rule.name}) failed on patch {ctx.patch.label}: {exc.__class__.__name__}")
+                continue
+            per_patch.setdefault(ctx.patch.index, []).extend(got)
+        try:
+            series_findings.extend(rule.check_series(contexts))
+        except Exception as exc:
+            log.debug("rule %s crashed", rule.code, exc_info=True)
+            notes.append(f"rule {rule.code} ({rule.name}) failed on the series: {exc.__class__.__name__}")
+    for idx, fs in per_patch.items():
+        per_patch[idx] = _dedupe(fs)
+    return per_patch, _dedupe(series_findings), notes
+
+
+def _dedupe(fs: list[Finding]) -> list[Finding]:
+    seen = set()
+    out = []
+    for f in sorted(fs, key=lambda f: (f.path or "", f.line or 0, f.rule)):
+        k = (f.rule, f.path, f.line, f.message)
+        if k not in seen:
+            seen.add(k)
+            out.append(f)
+    return out

@@ -1,0 +1,1 @@
+"""reviewbot's rules: one module per rule.  Installed as reviewbot.rules."""

@@ -1,0 +1,1 @@
+"""Reply templates (jinja2).  Installed as reviewbot.templates."""

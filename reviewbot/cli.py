@@ -150,7 +150,9 @@ for _mod in ("checkcmd", "watchcmd"):
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
     try:
-        cli.main(args=argv, prog_name="reviewbot", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="reviewbot", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            return rv       # ctx.exit(N) in a command (e.g. `check` with findings)
     except click.exceptions.Abort:
         click.echo("reviewbot: interrupted", err=True)
         return 130

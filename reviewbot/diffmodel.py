@@ -132,7 +132,8 @@ def normalise(diff: str) -> tuple[str, list[str]]:
         if not m:
             if line == "-- " or line.startswith("-- \n"):
                 break       # signature after the diff
-            out.append(line)
+            if line.strip():    # blank lines between hunks carry nothing
+                out.append(line)
             i += 1
             continue
         old_len = int(m.group(2)) if m.group(2) is not None else 1

@@ -352,10 +352,15 @@ def build_full_tree(dest: Path | str | None = None, *, tarball: Path = TARBALL) 
             git(tmp, 'init', '-q')
             git(tmp, 'config', 'core.preloadIndex', 'true')
             git(tmp, 'config', 'gc.auto', '0')
-            git(tmp, 'add', '-A')
+            # --force: upstream tracks ~320 files its own .gitignore rules
+            # match (.mailmap, .clang-format, every .gitignore, selftests'
+            # tags/ and gen/ dirs); the tarball is pristine source, so all
+            # of it goes in, and the rules still hide later build output
+            git(tmp, 'add', '-A', '--force')
             git(tmp, 'commit', '-q', '-m', 'Linux 6.1 (Debian linux-source-6.1)')
             base = git(tmp, 'rev-parse', 'HEAD').decode().strip()
             (tmp / '.git' / 'reviewbot-base').write_text(base + '\n')
+            tmp.chmod(0o755)  # mkdtemp made it 0700
             if dest.exists():
                 shutil.rmtree(dest)  # a half-built leftover without stamp
             os.replace(tmp, dest)

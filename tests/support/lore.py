@@ -28,6 +28,8 @@ from __future__ import annotations
 import email.message
 import email.parser
 import email.policy
+import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -39,9 +41,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable, Mapping, Sequence, Union
 
-__all__ = ['LoreServer', 'LoreServerError', 'split_mbox', 'message_id']
+__all__ = ['LoreServer', 'LoreServerError', 'prebuilt_server', 'split_mbox', 'message_id']
 
 MessageSource = Union[str, os.PathLike, bytes, bytearray, email.message.Message]
 
@@ -154,14 +156,16 @@ class LoreServer:
 
     host = '127.0.0.1'
 
-    def __init__(self, workdir: Path, *, start_timeout: float = 30.0) -> None:
+    def __init__(self, workdir: Path, *, start_timeout: float = 30.0,
+                 read_only: bool = False, log_path: Path | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.home = self.workdir / 'home'
         self.inboxes_dir = self.workdir / 'inboxes'
         self.extindex_dir = self.workdir / 'all'
-        self.log_path = self.workdir / 'httpd.log'
+        self.log_path = Path(log_path) if log_path else self.workdir / 'httpd.log'
         self.config_path = self.home / '.public-inbox' / 'config'
         self.start_timeout = start_timeout
+        self.read_only = read_only
         self.port: int | None = None
         self._proc: subprocess.Popen | None = None
         self._inboxes: list[str] = []
@@ -188,6 +192,10 @@ class LoreServer:
 
     def _git_config(self, key: str, value: str) -> None:
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        cur = subprocess.run(['git', 'config', '-f', str(self.config_path), key],
+                             env=self.env, capture_output=True)
+        if cur.returncode == 0 and cur.stdout.decode().strip() == value:
+            return  # already set: no write (workdirs may be shared read-only)
         self._run('git', 'config', '-f', str(self.config_path), key, value)
 
     def _epoch(self, name: str) -> Path:
@@ -268,6 +276,10 @@ class LoreServer:
         served, searchable too, when this returns: the httpd gets SIGHUP
         (same port, same URL) and is polled until it answers.
         """
+        if self.read_only:
+            raise LoreServerError(
+                f'{self!r} is read-only (shared by the test session); '
+                'use the lore_factory fixture to feed mail in steps')
         if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]*', name) or name == 'all':
             raise ValueError(f'bad inbox name {name!r}')
         msgs = _messages(mbox_paths_or_bytes)
@@ -275,7 +287,7 @@ class LoreServer:
         if created:
             self._run('public-inbox-init', '-V2', '-L', 'basic', name,
                       str(self.inboxes_dir / name),
-                      self._inbox_config_url(name), f'{name}@lists.invalid')
+                      f'http://{self.host}/{name}', f'{name}@lists.invalid')
             self._inboxes.append(name)
         if msgs:
             self._import(name, msgs)
@@ -284,10 +296,6 @@ class LoreServer:
         if self.running:
             self._refresh(name, [m for m in mids if m])
         return mids
-
-    def _inbox_config_url(self, name: str) -> str:
-        port = self.port if self.port is not None else 1
-        return f'http://{self.host}:{port}/{name}'
 
     def _import(self, name: str, msgs: list[bytes]) -> None:
         epoch = self._epoch(name)
@@ -308,8 +316,17 @@ class LoreServer:
                   input=bytes(stream))
 
     def _reindex(self, name: str) -> None:
-        self._run('public-inbox-index', str(self.inboxes_dir / name))
-        self._run('public-inbox-extindex', '--all', str(self.extindex_dir))
+        inbox = str(self.inboxes_dir / name)
+        if self.extindex_dir.is_dir():
+            # also updates /all/: -E all is the default with extindex.all set
+            self._run('public-inbox-index', '--no-fsync', inbox)
+        else:
+            self._run('public-inbox-index', '--no-fsync', '--no-update-extindex', inbox)
+            self._ensure_extindex()
+
+    def _ensure_extindex(self) -> None:
+        """Create the /all/ extindex over every configured inbox."""
+        self._run('public-inbox-extindex', '--no-fsync', '--all', str(self.extindex_dir))
 
     def _refresh(self, name: str, mids: list[str], timeout: float = 10.0) -> None:
         """Make a running httpd serve what was just indexed.
@@ -363,9 +380,8 @@ class LoreServer:
         """Start public-inbox-httpd on a free loopback port; wait for /all/."""
         if self.running:
             return self
-        if not self.extindex_dir.exists():
-            # /all/ needs the extindex, even an empty one
-            self._run('public-inbox-extindex', '--all', str(self.extindex_dir))
+        if not self.extindex_dir.is_dir() and not self.read_only:
+            self._ensure_extindex()  # /all/ needs it, even an empty one
         last: Exception | None = None
         for _ in range(3):  # a port taken between bind() and httpd: retry
             port = self.port or _free_port(self.host)
@@ -381,12 +397,11 @@ class LoreServer:
         raise last  # type: ignore[misc]
 
     def _spawn(self, port: int) -> None:
+        # (publicinbox.NAME.url does not matter: over HTTP, links are made
+        # from the request's Host)
         self.port = port
-        for name in self._inboxes:  # the URL an inbox advertises
-            self._git_config(f'publicinbox.{name}.url', self._inbox_config_url(name))
         log = open(self.log_path, 'ab')
         try:
-            self._log_offset = log.tell()
             self._proc = subprocess.Popen(
                 ['public-inbox-httpd', '-l', f'http://{self.host}:{port}'],
                 env=self.env, cwd=str(self.workdir), stdin=subprocess.DEVNULL,
@@ -454,3 +469,51 @@ class LoreServer:
     def __repr__(self) -> str:
         where = self.url if self.port else 'not started'
         return f'<LoreServer {self.workdir} {where} inboxes={self._inboxes}>'
+
+
+# ---------------------------------------------------------------------------
+# a cached, read-only server for a whole test session
+# ---------------------------------------------------------------------------
+
+def _fingerprint(spec: Mapping[str, Sequence[MessageSource]]) -> str:
+    """Hash of the inputs, this module and the installed public-inbox."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    exe = shutil.which('public-inbox-index')
+    if exe:
+        st = os.stat(exe)
+        h.update(f'{exe} {st.st_size} {st.st_mtime_ns}'.encode())
+    for name, sources in spec.items():
+        h.update(b'\0inbox\0' + name.encode())
+        for raw in _messages(sources):
+            h.update(b'\0msg\0' + raw)
+    return h.hexdigest()[:16]
+
+
+def prebuilt_server(spec: Mapping[str, Sequence[MessageSource]], cache_dir: Path,
+                    *, log_path: Path | None = None) -> LoreServer:
+    """A read-only, not yet started LoreServer over inboxes ``spec`` builds.
+
+    The inboxes are built once (``add_inbox(name, sources)`` for each item,
+    in order) under ``cache_dir/lore-<hash of inputs>/`` and reused while
+    the inputs, this module and public-inbox stay the same: indexing a
+    whole list archive takes seconds, starting a server on it ~0.3 s.
+    Older ``lore-*`` builds are removed.  public-inbox keys inboxes by
+    absolute path, which is why the build is served in place rather than
+    copied.  The server is read-only (``add_inbox`` raises) since other
+    sessions may serve the same directory at the same time.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _fingerprint(spec)
+    workdir = cache_dir / f'lore-{key}'
+    stamp = workdir / 'complete'
+    with open(cache_dir / 'lore.lock', 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.is_file():
+            for old in cache_dir.glob('lore-*'):
+                shutil.rmtree(old, ignore_errors=True)
+            builder = LoreServer(workdir)
+            for name, sources in spec.items():
+                builder.add_inbox(name, sources)
+            stamp.write_text(key + '\n')
+    return LoreServer(workdir, read_only=True, log_path=log_path)

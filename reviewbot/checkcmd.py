@@ -233,6 +233,10 @@ def register(cli: click.Group) -> None:
         if fmt == "b4-review":
             click.echo(json.dumps(b4_review_results(res, the_tree), ensure_ascii=False))
             return
+        if not any(pr.patch.has_diff for pr in res.patches):
+            # checkpatch.pl says the same ("Does not appear to be a
+            # unified-diff format patch"); b4 only checks patches
+            raise ReviewbotError("no diff in this message: nothing to check")
         lines = checkpatch_lines(res, strict)
         for line in lines:
             click.echo(line)

@@ -130,15 +130,17 @@ def fetch_thread(inbox: str, msgid: str, policy: HttpPolicy) -> bytes:
 
 
 def http_get(url: str, policy: HttpPolicy, session: requests.Session | None = None,
-             params: dict | None = None) -> requests.Response:
+             params: dict | None = None, method: str = "GET") -> requests.Response:
     """GET with retries: backoff with jitter on 429/5xx, timeouts and refused
-    connections; Retry-After honoured up to policy.max_wait."""
+    connections; Retry-After honoured up to policy.max_wait.  *method* "POST"
+    is for public-inbox's search mbox download (`?q=...&x=m`), which the
+    server only answers to POST."""
     sess = session or requests.Session()
     last = ""
     for attempt in range(policy.retries + 1):
         try:
-            resp = sess.get(url, params=params, timeout=policy.timeout, stream=True,
-                            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+            resp = sess.request(method, url, params=params, timeout=policy.timeout, stream=True,
+                                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
         except requests.Timeout:
             last = f"timed out after {policy.timeout:g}s"
         except requests.ConnectionError as exc:

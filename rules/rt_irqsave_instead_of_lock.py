@@ -3,6 +3,7 @@ to protect shared data, where a lock is needed."""
 from __future__ import annotations
 
 import fnmatch
+import re
 
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
@@ -72,24 +73,37 @@ class RtIrqsaveInsteadOfLock(Rule):
             if is_rt_core(fv.path) or any(fnmatch.fnmatch(fv.path, g) for g in CORE_GLOBS):
                 continue
             added = fv.added_lines
-            removed_text = "\n".join(ln.text for ln in fv.diff.removed())
             for fn, pre_fn in functions_touched(fv):
+                removed_text = "\n".join(ln.text for h in fv.diff.hunks
+                                         if h.new_start <= fn.end and h.new_start + h.new_len >= fn.start
+                                         for ln in h.removed())
                 pre_keys = {k for k, _ in _sections(pre_fn.node)} if pre_fn is not None else set()
                 for (trigger, writes), (start, end) in _sections(fn.node):
                     if start.line not in added or (trigger, writes) in pre_keys:
                         continue
-                    dropped_lock = any(f"{k}(" in removed_text for k in LOCKISH if k.startswith(("spin_lock", "raw_spin_lock", "mutex_lock", "write_lock")))
+                    dropped = _dropped_lock(removed_text)
                     shown = ", ".join(writes[:3])
                     msg = (f"In {fn.name}(), is {trigger}() meant to protect {shown}? "
-                           "It keeps out only code running on this CPU: another CPU can still "
-                           "write it, and on PREEMPT_RT softirqs and threaded interrupt handlers "
-                           "are preemptible, so they can run in the middle of this section. "
-                           "Would taking the lock that the other users of this data take work here?")
-                    if dropped_lock:
-                        msg += " The patch also removes a lock from this code; what protected the data before?"
+                           "It only keeps out code running on this CPU; another CPU can still "
+                           "get in, and on PREEMPT_RT softirqs and threaded interrupt handlers "
+                           "are preemptible too, so they can run in the middle of this section.")
+                    if dropped:
+                        msg += (f" The patch drops {dropped} here: do the other users of this "
+                                "data not rely on that lock any more?")
+                    else:
+                        msg += " Would taking the lock that the other users of this data take work here?"
+                    dropped_lock = bool(dropped)
                     yield self.finding(fv.path, start.line, msg, end_line=end.line if end else None,
                                        related=[Location(fv.path, end.line, "section ends here")] if end else [],
                                        confidence="high" if dropped_lock else "medium")
+
+
+def _dropped_lock(removed_text: str) -> str:
+    m = _LOCK_CALL_RE.search(removed_text)
+    return f"{m.group(1)}({m.group(2).strip()})" if m else ""
+
+
+_LOCK_CALL_RE = re.compile(r"\b((?:raw_)?spin_lock\w*|mutex_lock\w*|write_lock\w*)\(\s*([^,)]+)")
 
 
 def _sections(fn_node):

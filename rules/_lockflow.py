@@ -1,0 +1,813 @@
+"""Shared lock-flow analysis for the `locking` family (LCK001-LCK005).
+
+Not a rule module (the leading underscore keeps discovery away).  It walks
+one C function at a time, statement by statement, keeping the *set of
+possible lock states* (each a frozenset of held locks) so that branches,
+`goto` unwind ladders, loops and `switch` are followed path by path:
+
+* `spin_lock()`/`mutex_lock()`/... add a held lock, the release call of the
+  same lock removes it; `spin_trylock()`/`mutex_lock_interruptible()` only
+  hold the lock on the branch where they succeeded;
+* `guard()` / `scoped_guard()` hold a lock to the end of their scope and
+  need no unlock;
+* a same-file function whose every exit still holds a lock it took (a
+  `foo_lock()` or `__acquires()` wrapper) acts as that acquire at the call
+  site, with the caller's arguments substituted;
+* a lock taken inside one branch and still held when the branch ends is
+  "conditional": rules do not report imbalances of it (the usual
+  `if (x) lock(); ... if (x) unlock();` shape).
+
+Lock identity follows lockdep's classes roughly: a global lock by its name,
+a struct field lock by the field (`sk_callback_lock` for any socket), and a
+generically named field (`lock`, `mutex`, ...) by the struct type of its
+base variable (`bpf_shtab_bucket.lock`), else by the parent field
+(`buckets.lock`); a lock whose class cannot be told is "unstable" and only
+ever matches itself inside one function.
+"""
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass, field
+
+from reviewbot import cparse
+
+# ---------------------------------------------------------------------------
+# vocabulary
+# ---------------------------------------------------------------------------
+
+# acquire call -> kind.  Kinds: spin (spinning locks, atomic), mutex, rwsem,
+# sock (lock_sock: sleeping), rcu, irq, bh, preempt (pseudo locks).
+ACQUIRE = {}
+for _n in ("spin_lock", "spin_lock_nested", "raw_spin_lock", "raw_spin_lock_nested",
+           "read_lock", "write_lock", "write_lock_nested"):
+    ACQUIRE[_n] = "spin"
+    for _s in ("_bh", "_irq", "_irqsave", "_irqsave_nested"):
+        if not _n.endswith("_nested"):
+            ACQUIRE[_n + _s] = "spin"
+ACQUIRE.update({
+    "spin_lock_irqsave_nested": "spin", "spin_lock_bh_nested": "spin",
+    "bh_lock_sock": "spin", "bh_lock_sock_nested": "spin",
+    "mutex_lock": "mutex", "mutex_lock_nested": "mutex", "mutex_lock_io": "mutex",
+    "down": "rwsem", "down_read": "rwsem", "down_write": "rwsem", "down_read_nested": "rwsem",
+    "down_write_nested": "rwsem",
+    "lock_sock": "sock", "lock_sock_nested": "sock", "lock_sock_fast": "sock",
+    "rcu_read_lock": "rcu", "rcu_read_lock_bh": "rcu", "rcu_read_lock_sched": "rcu",
+    "srcu_read_lock": "rcu",
+    "local_irq_save": "irq", "local_irq_disable": "irq",
+    "local_bh_disable": "bh", "preempt_disable": "preempt",
+})
+RELEASE = {}
+for _n in ("spin_unlock", "raw_spin_unlock", "read_unlock", "write_unlock"):
+    RELEASE[_n] = "spin"
+    for _s in ("_bh", "_irq", "_irqrestore"):
+        RELEASE[_n + _s] = "spin"
+RELEASE.update({
+    "bh_unlock_sock": "spin", "mutex_unlock": "mutex",
+    "up": "rwsem", "up_read": "rwsem", "up_write": "rwsem",
+    "release_sock": "sock", "unlock_sock_fast": "sock",
+    "rcu_read_unlock": "rcu", "rcu_read_unlock_bh": "rcu", "rcu_read_unlock_sched": "rcu",
+    "srcu_read_unlock": "rcu",
+    "local_irq_restore": "irq", "local_irq_enable": "irq",
+    "local_bh_enable": "bh", "preempt_enable": "preempt", "preempt_enable_no_resched": "preempt",
+})
+# succeed -> nonzero
+TRYLOCK = {}
+for _n in ("spin_trylock", "raw_spin_trylock", "read_trylock", "write_trylock"):
+    for _s in ("", "_bh", "_irq", "_irqsave"):
+        TRYLOCK[_n + _s] = "spin"
+TRYLOCK.update({"mutex_trylock": "mutex", "down_read_trylock": "rwsem",
+                "down_write_trylock": "rwsem", "mutex_trylock_recursive": "mutex"})
+# succeed -> zero
+ZEROLOCK = {
+    "mutex_lock_interruptible": "mutex", "mutex_lock_killable": "mutex",
+    "mutex_lock_interruptible_nested": "mutex", "mutex_lock_killable_nested": "mutex",
+    "down_interruptible": "rwsem", "down_killable": "rwsem", "down_trylock": "rwsem",
+    "down_read_interruptible": "rwsem", "down_read_killable": "rwsem",
+    "down_write_killable": "rwsem",
+}
+NOARG_KEY = {"rcu": "rcu", "irq": "irq", "bh": "bh", "preempt": "preempt"}
+PSEUDO = {"rcu", "irq", "bh", "preempt"}
+# kinds in which sleeping is a bug
+ATOMIC_KINDS = {"spin", "rcu", "irq", "bh", "preempt"}
+GENERIC_FIELDS = {"lock", "mutex", "mtx", "sem", "rwsem", "spinlock", "slock", "rwlock",
+                  "lk", "lck", "mlock", "rlock", "wlock", "lock_", "_lock"}
+SKIP_FN_RE = re.compile(r"(^|_)(lock|locked|acquire|acquires|begin|start|enter|get_lock|grab|"
+                        r"seq_start|trylock|hold)(_|$)|lock$", re.I)
+GUARD_SPIN = re.compile(r"spinlock|raw_spinlock|rwlock|read_lock|write_lock|rcu|irq|preempt|bh")
+
+# ---------------------------------------------------------------------------
+# lock identity
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Held:
+    key: str          # lock class
+    kind: str         # spin/mutex/rwsem/sock/rcu/irq/bh/preempt
+    line: int         # where it was taken
+    expr: str         # the lock expression as written (for messages)
+    call: str         # the acquiring call
+    how: str = ""     # "", "guard", "cond" (trylock branch), "wrap:<fn>"
+
+    @property
+    def stable(self) -> bool:
+        return not self.key.startswith("?")
+
+
+_TYPE_RE = re.compile(r"^(?:const\s+)?(?:struct|union)\s+(\w+)")
+
+
+def declared_types(fn_node) -> dict[str, str]:
+    """Variable -> struct type name, from the function's parameters and
+    local declarations (pointer or not)."""
+    out: dict[str, str] = {}
+    for n in cparse.walk(fn_node):
+        if n.type in ("parameter_declaration", "declaration"):
+            t = n.child_by_field_name("type")
+            if t is None or t.type != "struct_specifier":
+                continue
+            name = t.child_by_field_name("name")
+            if name is None:
+                continue
+            tname = cparse.node_text(name)
+            for d in n.children_by_field_name("declarator"):
+                v = cparse._declarator_name(d)
+                if v:
+                    out.setdefault(v, tname)
+    return out
+
+
+def _strip(expr: str) -> str:
+    e = expr.strip()
+    while True:
+        old = e
+        if e.startswith("&"):
+            e = e[1:].strip()
+        if e.startswith("(") and e.endswith(")"):
+            e = e[1:-1].strip()
+        if e == old:
+            return e
+
+
+_SPLIT_RE = re.compile(r"->|\.")
+
+
+def lock_key(expr: str, types: dict[str, str]) -> str:
+    """The class of the lock at `expr` (see the module docstring)."""
+    e = re.sub(r"\s+", "", _strip(expr))
+    parts = _SPLIT_RE.split(e)
+    if len(parts) == 1:
+        name = re.sub(r"\[.*\]$", "", parts[0])
+        if name in types or not re.match(r"^\w+$", name):
+            return "?" + e       # a local lock pointer: cannot tell its class
+        return name
+    fld = re.sub(r"\[.*\]$", "", parts[-1])
+    if fld not in GENERIC_FIELDS and len(fld) > 4:
+        return fld
+    base = parts[-2]
+    bname = re.sub(r"\[.*\]$", "", base)
+    if len(parts) == 2 and bname in types:
+        return f"{types[bname]}.{fld}"
+    if len(parts) > 2:
+        return f"{bname}.{fld}"
+    return "?" + e
+
+
+def lock_base(expr: str) -> str:
+    """The object a lock lives in: `sk` for `&sk->sk_lock`, `b` for `&b->lock`."""
+    e = re.sub(r"\s+", "", _strip(expr))
+    m = re.match(r"^(.*?)(->|\.)[A-Za-z_]\w*(\[[^\]]*\])?$", e)
+    return m.group(1) if m else ""
+
+
+def key_of_call(name: str, kind: str, args: tuple[str, ...], types: dict[str, str]) -> tuple[str, str]:
+    """(key, expr) of the lock an acquire/release call names."""
+    if kind in NOARG_KEY:
+        return NOARG_KEY[kind], name
+    if not args:
+        return "?" + name, name
+    if kind == "sock":
+        return ("sk_lock.slock" if name.startswith("bh_") else "sk_lock"), _strip(args[0])
+    if name.startswith("bh_lock_sock") or name == "bh_unlock_sock":
+        return "sk_lock.slock", _strip(args[0])
+    return lock_key(args[0], types), _strip(args[0])
+
+
+def display(h: Held) -> str:
+    if h.key in PSEUDO:
+        return {"rcu": "the RCU read lock", "irq": "interrupts disabled",
+                "bh": "bottom halves disabled", "preempt": "preemption disabled"}[h.key]
+    return h.expr
+
+
+# ---------------------------------------------------------------------------
+# the walker
+# ---------------------------------------------------------------------------
+
+MAX_STATES = 48
+
+
+@dataclass
+class CallEvent:
+    name: str
+    args: tuple[str, ...]
+    line: int
+    node: object
+    states: frozenset          # frozenset of frozenset[Held] before the call
+
+
+@dataclass
+class Exit:
+    line: int                  # the return statement (or closing brace)
+    states: frozenset
+    via: dict                  # state -> goto line that led here (if any)
+
+
+@dataclass
+class Summary:
+    """What a same-file function does to locks, seen from a caller."""
+    name: str
+    params: list[str]
+    acquires: list[tuple[str, str, str]] = field(default_factory=list)   # (call, kind, arg template)
+    releases: list[tuple[str, str, str]] = field(default_factory=list)
+    takes: set[str] = field(default_factory=set)        # every stable key it takes (transitively later)
+    take_sites: dict = field(default_factory=dict)      # key -> line
+    sleeps: str | None = None                           # a direct sleeping call, unconditional
+    sleep_line: int | None = None
+
+
+@dataclass
+class Flow:
+    fn: cparse.Function
+    types: dict[str, str]
+    calls: list[CallEvent] = field(default_factory=list)
+    exits: list[Exit] = field(default_factory=list)
+    acquires: list[tuple[Held, frozenset]] = field(default_factory=list)  # held lock, states before
+    conds: list[tuple[object, frozenset]] = field(default_factory=list)   # condition node, states
+    accesses: list[tuple[object, frozenset, bool]] = field(default_factory=list)  # field expr, states, write?
+    conditional: set[str] = field(default_factory=set)   # keys taken in a branch, released outside
+    uncertain: set[str] = field(default_factory=set)
+    too_complex: bool = False
+    annotated: bool = False    # __acquires/__releases/__must_hold
+
+
+def _call_name(node) -> str:
+    fn = node.child_by_field_name("function")
+    return cparse.node_text(fn) if fn is not None else ""
+
+
+def _call_args(node) -> tuple[str, ...]:
+    argl = node.child_by_field_name("arguments")
+    if argl is None:
+        return ()
+    return tuple(cparse.node_text(a) for a in argl.named_children if a.type != "comment")
+
+
+def _missing_semicolon(stmt) -> bool:
+    return (stmt.type == "expression_statement" and stmt.children
+            and stmt.children[-1].type == ";" and stmt.children[-1].end_byte == stmt.children[-1].start_byte)
+
+
+_LOOP_MACRO = re.compile(r"for_each|foreach|_for_|^for_|while_each|_loop")
+
+
+class Walker:
+    def __init__(self, fn: cparse.Function, summaries: dict[str, Summary] | None = None):
+        self.fn = fn
+        self.types = declared_types(fn.node)
+        self.summaries = summaries or {}
+        self.flow = Flow(fn, self.types)
+        self.labels_seen: set[str] = set()
+        self.pending: dict[str, set] = {}
+        self.loop_stack: list[set] = []
+        self.via: dict = {}
+        self.guards: list[list[Held]] = []
+        self.var_status: dict[str, Held] = {}   # ret = mutex_lock_interruptible(): var -> lock
+
+    # -- state helpers ------------------------------------------------------
+    def _cap(self, states: set) -> frozenset:
+        if len(states) > MAX_STATES:
+            self.flow.too_complex = True
+            states = set(sorted(states, key=lambda s: sorted((h.key, h.line) for h in s))[:MAX_STATES])
+        return frozenset(states)
+
+    @staticmethod
+    def _add(states, h: Held):
+        return frozenset(frozenset(s | {h}) for s in states)
+
+    @staticmethod
+    def _remove(states, key: str):
+        out = set()
+        for s in states:
+            drop = [h for h in s if h.key == key]
+            if drop:
+                # release the most recent one
+                last = max(drop, key=lambda h: h.line)
+                s = s - {last}
+            out.add(frozenset(s))
+        return frozenset(out)
+
+    # -- entry ----------------------------------------------------------------
+    def run(self) -> Flow:
+        node = self.fn.node
+        decl = node.child_by_field_name("declarator")
+        if decl is not None and re.search(r"__(acquires|releases|must_hold)\s*\(", cparse.node_text(decl)):
+            self.flow.annotated = True
+        body = node.child_by_field_name("body")
+        if body is None:
+            return self.flow
+        start = frozenset({frozenset()})
+        end = self.stmt(body, start)
+        if end:
+            self.flow.exits.append(Exit(cparse.end_line_of(body), end, dict(self.via)))
+        return self.flow
+
+    # -- expressions ----------------------------------------------------------
+    def expr(self, node, states, cond_ctx: bool = False):
+        """Apply the calls in an expression (pre-order), record accesses."""
+        if node is None or not states:
+            return states
+        # record field accesses (for LCK005)
+        for n in cparse.walk(node):
+            if n.type == "field_expression":
+                par = n.parent
+                write = (par is not None and par.type in ("assignment_expression", "update_expression")
+                         and par.child_by_field_name("left") == n) or (
+                    par is not None and par.type == "update_expression")
+                self.flow.accesses.append((n, states, write))
+        calls = [n for n in cparse.walk(node) if n.type == "call_expression"]
+        # inner calls are evaluated before outer ones
+        calls.sort(key=lambda n: (n.end_byte, -n.start_byte))
+        for c in calls:
+            states = self.call(c, states)
+        # `ret = mutex_lock_interruptible(&m);`
+        if node.type == "assignment_expression":
+            right = node.child_by_field_name("right")
+            left = node.child_by_field_name("left")
+            if right is not None and right.type == "call_expression" and _call_name(right) in ZEROLOCK:
+                pass
+        return states
+
+    def call(self, node, states):
+        name = _call_name(node)
+        args = _call_args(node)
+        line = cparse.line_of(node)
+        self.flow.calls.append(CallEvent(name, args, line, node, states))
+        fnode = node.child_by_field_name("function")
+        # guard(mutex)(&l): held to the end of the enclosing block
+        if fnode is not None and fnode.type == "call_expression" and _call_name(fnode) == "guard":
+            gargs = _call_args(fnode)
+            kind = "spin" if gargs and GUARD_SPIN.search(gargs[0]) else "mutex"
+            if gargs and gargs[0].startswith("rcu"):
+                kind = "rcu"
+            key, expr = (("rcu", "rcu") if kind == "rcu" else
+                         (lock_key(args[0], self.types), _strip(args[0])) if args else ("?guard", "guard"))
+            h = Held(key, kind, line, expr, "guard", "guard")
+            if self.guards:
+                self.guards[-1].append(h)
+            self.flow.acquires.append((h, states))
+            return self._add(states, h)
+        if name in ACQUIRE:
+            kind = ACQUIRE[name]
+            key, expr = key_of_call(name, kind, args, self.types)
+            h = Held(key, kind, line, expr, name)
+            self.flow.acquires.append((h, states))
+            return self._add(states, h)
+        if name in RELEASE:
+            kind = RELEASE[name]
+            key, _ = key_of_call(name, kind, args, self.types)
+            return self._remove(states, key)
+        if name in TRYLOCK or name in ZEROLOCK:
+            # not as an if condition (handled in if_stmt): assume taken, uncertain
+            kind = TRYLOCK.get(name) or ZEROLOCK[name]
+            key, expr = key_of_call(name, kind, args, self.types)
+            h = Held(key, kind, line, expr, name, "cond")
+            self.flow.uncertain.add(key)
+            par = node.parent
+            if par is not None and par.type == "assignment_expression":
+                left = par.child_by_field_name("left")
+                if left is not None and name in ZEROLOCK:
+                    self.var_status[cparse.node_text(left)] = h
+            self.flow.acquires.append((h, states))
+            return self._add(states, h)
+        summ = self.summaries.get(name)
+        if summ is not None and summ.name != self.fn.name:
+            subst = dict(zip(summ.params, args))
+            for call, kind, tmpl in summ.acquires:
+                expr = _subst(tmpl, subst)
+                key, expr = key_of_call(call, kind, (expr,) if tmpl else (), self.types)
+                h = Held(key, kind, line, expr, name, "wrap:" + name)
+                self.flow.acquires.append((h, states))
+                states = self._add(states, h)
+            for call, kind, tmpl in summ.releases:
+                expr = _subst(tmpl, subst)
+                key, _ = key_of_call(call, kind, (expr,) if tmpl else (), self.types)
+                states = self._remove(states, key)
+        return states
+
+    # -- conditions -----------------------------------------------------------
+    def _cond_lock(self, cond):
+        """For `if (trylock(x))`-like conditions: (Held, taken_on_then)."""
+        n = cond
+        neg = False
+        while True:
+            if n.type == "parenthesized_expression" and n.named_child_count == 1:
+                n = n.named_children[0]
+            elif n.type == "unary_expression" and cparse.node_text(n).startswith("!"):
+                neg = not neg
+                n = n.named_children[-1]
+            elif n.type == "call_expression" and _call_name(n) in ("likely", "unlikely") and _call_args(n):
+                argl = n.child_by_field_name("arguments")
+                n = argl.named_children[0]
+            else:
+                break
+        cmp_zero = None
+        if n.type == "binary_expression":
+            op = n.child_by_field_name("operator")
+            right = n.child_by_field_name("right")
+            left = n.child_by_field_name("left")
+            opt = cparse.node_text(op) if op is not None else ""
+            if right is not None and cparse.node_text(right).strip() == "0" and opt in ("==", "!=", "<"):
+                cmp_zero = opt
+                n = left
+        name = ""
+        h = None
+        if n is not None and n.type == "call_expression":
+            name = _call_name(n)
+            if name in TRYLOCK or name in ZEROLOCK:
+                kind = TRYLOCK.get(name) or ZEROLOCK[name]
+                key, expr = key_of_call(name, kind, _call_args(n), self.types)
+                h = Held(key, kind, cparse.line_of(n), expr, name, "cond")
+        elif n is not None and n.type == "identifier" and cparse.node_text(n) in self.var_status:
+            h = self.var_status[cparse.node_text(n)]
+            name = h.call
+        if h is None:
+            return None
+        nonzero_then = True      # the condition is true when the call returned nonzero
+        if cmp_zero == "==":
+            nonzero_then = False
+        if neg:
+            nonzero_then = not nonzero_then
+        success_nonzero = name in TRYLOCK
+        return h, (nonzero_then == success_nonzero), n.type == "identifier"
+
+    # -- statements -----------------------------------------------------------
+    def block(self, children, states):
+        i = 0
+        kids = [c for c in children if c.is_named and c.type != "comment"]
+        while i < len(kids):
+            st = kids[i]
+            if _missing_semicolon(st) and i + 1 < len(kids):
+                call = st.named_children[0] if st.named_children else None
+                cname = _call_name(call) if call is not None and call.type == "call_expression" else ""
+                if cname == "scoped_guard":
+                    gargs = _call_args(call)
+                    kind = "spin" if gargs and GUARD_SPIN.search(gargs[0]) else "mutex"
+                    if gargs and gargs[0].startswith("rcu"):
+                        kind = "rcu"
+                    key = "rcu" if kind == "rcu" else (lock_key(gargs[1], self.types) if len(gargs) > 1 else "?g")
+                    h = Held(key, kind, cparse.line_of(call), _strip(gargs[1]) if len(gargs) > 1 else "rcu",
+                             "scoped_guard", "guard")
+                    self.flow.calls.append(CallEvent("scoped_guard", gargs, h.line, call, states))
+                    self.flow.acquires.append((h, states))
+                    inner = self.stmt(kids[i + 1], self._add(states, h))
+                    states = self._remove(inner, key) if inner else inner
+                    i += 2
+                    continue
+                if _LOOP_MACRO.search(cname):
+                    states = self.expr(st, states)
+                    states = self.loop(kids[i + 1], states)
+                    i += 2
+                    continue
+            states = self.stmt(st, states)
+            i += 1
+        return states
+
+    def loop(self, body, states, cond=None):
+        self.loop_stack.append(set())
+        if cond is not None:
+            states = self.expr(cond, states)
+        before_keys = {h for s in states for h in s}
+        end = self.stmt(body, states) if body is not None else states
+        breaks = self.loop_stack.pop()
+        self._mark_conditional(before_keys, end)
+        return self._cap(set(states) | set(end) | breaks)
+
+    def _mark_conditional(self, before: set, end):
+        for s in end:
+            for h in s:
+                if h not in before and h.how != "guard":
+                    self.flow.conditional.add(h.key)
+
+    def stmt(self, node, states):
+        t = node.type
+        if t == "compound_statement":
+            self.guards.append([])
+            out = self.block(node.children, states)
+            for h in self.guards.pop():
+                out = self._remove(out, h.key) if out else out
+            return out
+        if t == "labeled_statement":
+            label = node.child_by_field_name("label")
+            lname = cparse.node_text(label) if label is not None else ""
+            self.labels_seen.add(lname)
+            states = self._cap(set(states) | self.pending.pop(lname, set()))
+            rest = [c for c in node.named_children if c != label]
+            return self.block(rest, states)
+        if t == "if_statement":
+            cond = node.child_by_field_name("condition")
+            cons = node.child_by_field_name("consequence")
+            alt = node.child_by_field_name("alternative")
+            if states:
+                self.flow.conds.append((cond, states))
+            cl = self._cond_lock(cond) if cond is not None else None
+            if cl is not None:
+                h, on_then, is_var = cl
+                if not is_var:
+                    # evaluate the rest of the condition without the lock call
+                    for c in [n for n in cparse.walk(cond) if n.type == "call_expression"]:
+                        if _call_name(c) != h.call:
+                            states = self.call(c, states)
+                    self.flow.calls.append(CallEvent(h.call, (), h.line, cond, states))
+                    self.flow.acquires.append((h, states))
+                    st_then = self._add(states, h) if on_then else states
+                    st_else = states if on_then else self._add(states, h)
+                else:
+                    st_then = self._remove(states, h.key) if not on_then else states
+                    st_else = states if not on_then else self._remove(states, h.key)
+                    self.flow.uncertain.discard(h.key)
+            else:
+                states = self.expr(cond, states, cond_ctx=True)
+                st_then = st_else = states
+            before = {h for s in states for h in s}
+            s1 = self.stmt(cons, st_then) if cons is not None else st_then
+            if alt is not None:
+                inner = alt.named_children[0] if alt.type == "else_clause" and alt.named_children else alt
+                s2 = self.stmt(inner, st_else)
+            else:
+                s2 = st_else
+            if cl is None:
+                self._mark_conditional(before, s1)
+                self._mark_conditional(before, s2)
+            return self._cap(set(s1) | set(s2))
+        if t in ("for_statement", "while_statement"):
+            cond = node.child_by_field_name("condition")
+            for part in ("initializer",):
+                p = node.child_by_field_name(part)
+                if p is not None:
+                    states = self.expr(p, states)
+            return self.loop(node.child_by_field_name("body"), states, cond)
+        if t == "do_statement":
+            self.loop_stack.append(set())
+            before = {h for s in states for h in s}
+            end = self.stmt(node.child_by_field_name("body"), states)
+            end = self.expr(node.child_by_field_name("condition"), end)
+            breaks = self.loop_stack.pop()
+            cond = node.child_by_field_name("condition")
+            if cond is not None and cparse.node_text(cond).strip("() ") == "0":
+                return self._cap(set(end) | breaks)
+            self._mark_conditional(before, end)
+            return self._cap(set(states) | set(end) | breaks)
+        if t == "switch_statement":
+            cond = node.child_by_field_name("condition")
+            states = self.expr(cond, states)
+            body = node.child_by_field_name("body")
+            entry = states
+            self.loop_stack.append(set())
+            cur = frozenset()
+            has_default = False
+            before = {h for s in states for h in s}
+            for c in (body.named_children if body is not None else []):
+                if c.type == "case_statement":
+                    if cparse.node_text(c).startswith("default"):
+                        has_default = True
+                    cur = self._cap(set(cur) | set(entry))
+                    val = c.child_by_field_name("value")
+                    kids = [k for k in c.named_children if k != val]
+                    cur = self.block(kids, cur)
+                else:
+                    cur = self.stmt(c, cur)
+            breaks = self.loop_stack.pop()
+            out = set(cur) | breaks | (set() if has_default else set(entry))
+            self._mark_conditional(before, out)
+            return self._cap(out)
+        if t == "return_statement":
+            states = self.expr(node, states)
+            if states:
+                self.flow.exits.append(Exit(cparse.line_of(node), states, dict(self.via)))
+            return frozenset()
+        if t == "goto_statement":
+            label = node.child_by_field_name("label")
+            lname = cparse.node_text(label) if label is not None else ""
+            if states and lname not in self.labels_seen:
+                self.pending.setdefault(lname, set()).update(states)
+                for s in states:
+                    self.via.setdefault(s, cparse.line_of(node))
+            return frozenset()
+        if t == "break_statement":
+            if self.loop_stack:
+                self.loop_stack[-1].update(states)
+            return frozenset()
+        if t == "continue_statement":
+            return frozenset()
+        if t in ("expression_statement", "declaration"):
+            return self.expr(node, states)
+        if t.startswith("preproc_"):
+            # #ifdef blocks inside a function: walk their statements in order
+            kids = [c for c in node.named_children if c.type not in ("identifier", "preproc_arg")
+                    and c != node.child_by_field_name("condition")]
+            return self.block(kids, states)
+        return self.expr(node, states)
+
+
+def _subst(tmpl: str, subst: dict[str, str]) -> str:
+    if not tmpl:
+        return tmpl
+    return re.sub(r"\b(\w+)\b", lambda m: subst.get(m.group(1), m.group(1)), tmpl)
+
+
+# ---------------------------------------------------------------------------
+# sleeping calls
+# ---------------------------------------------------------------------------
+
+SLEEPING = {
+    "mutex_lock", "mutex_lock_nested", "mutex_lock_interruptible", "mutex_lock_killable",
+    "mutex_lock_io", "down", "down_read", "down_write", "down_interruptible", "down_killable",
+    "down_read_killable", "down_write_killable", "down_read_interruptible",
+    "msleep", "msleep_interruptible", "ssleep", "usleep_range", "usleep_range_state", "fsleep",
+    "schedule", "schedule_timeout", "schedule_timeout_interruptible",
+    "schedule_timeout_uninterruptible", "schedule_timeout_killable", "io_schedule",
+    "might_sleep", "cond_resched", "synchronize_rcu", "synchronize_net", "synchronize_srcu",
+    "synchronize_rcu_expedited", "rcu_barrier", "lock_sock", "lock_sock_nested",
+    "copy_from_user", "copy_to_user", "vmalloc", "vzalloc", "vmalloc_node", "vzalloc_node",
+    "vmalloc_user", "flush_work", "flush_delayed_work", "flush_workqueue", "cancel_work_sync",
+    "cancel_delayed_work_sync", "kthread_stop", "kthread_park", "wait_for_completion",
+    "request_firmware", "sock_create_kern", "kvfree_rcu_mightsleep",
+}
+SLEEPING_PREFIX = ("wait_event", "wait_for_completion", "__wait_event")
+SLEEPY_GFP = re.compile(r"\b(GFP_KERNEL|GFP_KERNEL_ACCOUNT|GFP_USER|GFP_HIGHUSER|GFP_HIGHUSER_MOVABLE|"
+                        r"GFP_NOIO|GFP_NOFS)\b")
+NOSLEEP_GFP = re.compile(r"\b(GFP_ATOMIC|GFP_NOWAIT|__GFP_NOWAIT)\b")
+
+
+def sleeping_call(name: str, args: tuple[str, ...]) -> str | None:
+    """Why this call may sleep, or None."""
+    if name in SLEEPING:
+        return f"{name}()"
+    if name.startswith(SLEEPING_PREFIX) and "lock" not in name and "timeout_atomic" not in name:
+        return f"{name}()"
+    for a in args:
+        if SLEEPY_GFP.search(a) and not NOSLEEP_GFP.search(a) and "&" not in a.replace("& ~", "") \
+                and not re.search(r"[?:]", a):
+            return f"{name}() with {SLEEPY_GFP.search(a).group(1)}"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# per-image analysis, cached
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ImageInfo:
+    functions: list[cparse.Function]
+    byname: dict[str, cparse.Function]
+    summaries: dict[str, Summary]
+    flows: dict[str, Flow]
+
+    def flow(self, name: str) -> Flow | None:
+        return self.flows.get(name)
+
+
+def _summaries(funcs: list[cparse.Function]) -> dict[str, Summary]:
+    out: dict[str, Summary] = {}
+    for f in funcs:
+        if not f.name:
+            continue
+        w = Walker(f).run()
+        params = []
+        decl = f.node.child_by_field_name("declarator")
+        for n in cparse.walk(decl) if decl is not None else []:
+            if n.type == "parameter_declaration":
+                v = cparse._declarator_name(n.child_by_field_name("declarator"))
+                if v:
+                    params.append(v)
+            if n.type == "parameter_list" and params:
+                pass
+        s = Summary(f.name, params)
+        # net acquires: held at every exit
+        if w.exits:
+            common = None
+            for ex in w.exits:
+                for st in ex.states:
+                    keys = {(h.key, h.call, h.kind, h.expr) for h in st if h.how not in ("guard", "cond")}
+                    common = keys if common is None else common & keys
+            for key, call, kind, expr in sorted(common or ()):
+                s.acquires.append((call, kind, "" if kind in NOARG_KEY else expr))
+        # net releases: release calls of locks not taken here
+        taken = {h.key for h, _ in w.acquires}
+        for c in w.calls:
+            if c.name in RELEASE:
+                kind = RELEASE[c.name]
+                key, expr = key_of_call(c.name, kind, c.args, w.types)
+                if key not in taken and c.states and all(
+                        not any(h.key == key for h in st) for st in c.states):
+                    s.releases.append((c.name, kind, "" if kind in NOARG_KEY else expr))
+        for h, _ in w.acquires:
+            if h.stable and h.key not in PSEUDO:
+                s.takes.add(h.key)
+                s.take_sites.setdefault(h.key, h.line)
+        for c in w.calls:
+            why = sleeping_call(c.name, c.args)
+            if why and c.states and all(not any(h.kind in ATOMIC_KINDS for h in st) for st in c.states) \
+                    and _unconditional(c.node, f.node):
+                s.sleeps, s.sleep_line = why, c.line
+                break
+        out[f.name] = s
+    # callee lock sets: fixpoint over same-file calls (bounded)
+    direct_callees = {}
+    for f in funcs:
+        if f.name:
+            direct_callees[f.name] = {c.name for c in cparse.calls(f.node) if c.name in out}
+    for _ in range(4):
+        changed = False
+        for name, callees in direct_callees.items():
+            for cal in callees:
+                if cal == name:
+                    continue
+                new = out[cal].takes - out[name].takes
+                if new:
+                    out[name].takes |= new
+                    changed = True
+        if not changed:
+            break
+    return out
+
+
+def _unconditional(node, fn_node) -> bool:
+    """True when no if/loop/switch stands between the call and the body."""
+    p = node.parent
+    while p is not None and p != fn_node:
+        if p.type in ("if_statement", "for_statement", "while_statement", "do_statement",
+                      "switch_statement", "conditional_expression", "case_statement"):
+            return False
+        p = p.parent
+    return True
+
+
+_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def image(fv, which: str) -> ImageInfo:
+    """Analysis of a FileView's "pre" or "post" image (cached per FileView)."""
+    per = _cache.setdefault(fv, {})
+    if which in per:
+        return per[which]
+    tree = fv.post_tree if which == "post" else fv.pre_tree
+    funcs = [f for f in cparse.functions(tree) if f.name]
+    summ = _summaries(funcs)
+    flows = {}
+    byname = {}
+    for f in funcs:
+        byname.setdefault(f.name, f)
+    info = ImageInfo(funcs, byname, summ, flows)
+    per[which] = info
+    return info
+
+
+def flow_of(info: ImageInfo, name: str) -> Flow | None:
+    if name not in info.flows:
+        f = info.byname.get(name)
+        info.flows[name] = Walker(f, info.summaries).run() if f is not None else None
+    return info.flows[name]
+
+
+def touched_functions(fv) -> list[tuple[cparse.Function, set[int]]]:
+    """Post-image functions that hold added lines, with those lines."""
+    added = fv.added_lines
+    if not added:
+        return []
+    info = image(fv, "post")
+    out = []
+    for f in info.functions:
+        lines = {ln for ln in added if f.start <= ln <= f.end}
+        if lines:
+            out.append((f, lines))
+    return out
+
+
+def must_held(states) -> set[Held]:
+    """Locks held on every path reaching a point (by key)."""
+    if not states:
+        return set()
+    it = iter(states)
+    first = next(it)
+    keys = {h.key for h in first}
+    for s in it:
+        keys &= {h.key for h in s}
+    return {h for h in first if h.key in keys}
+
+
+def may_held(states) -> set[Held]:
+    return {h for s in states for h in s}

@@ -86,6 +86,138 @@ def rel001():
     ), body="Spell out that neither socket map type has a sys lookup of fds.")
 
 
+
+_STATE_CHANGE_HANDLER = """static void sk_psock_state_change(struct sock *sk)
+{
+	struct sk_psock *psock;
+
+	rcu_read_lock();
+	psock = sk_psock(sk);
+	if (psock && sk->sk_state == TCP_CLOSE)
+		schedule_delayed_work(&psock->work, 0);
+	rcu_read_unlock();
+}
+
+struct sk_psock *sk_psock_init(struct sock *sk, int node)
+"""
+
+_STATE_CHANGE_CHAINED = """static void sk_psock_state_change(struct sock *sk)
+{
+	void (*state_change)(struct sock *sk) = NULL;
+	struct sk_psock *psock;
+
+	rcu_read_lock();
+	psock = sk_psock(sk);
+	if (psock) {
+		if (sk->sk_state == TCP_CLOSE)
+			schedule_delayed_work(&psock->work, 0);
+		state_change = psock->saved_state_change;
+	}
+	rcu_read_unlock();
+	if (state_change)
+		state_change(sk);
+}
+
+struct sk_psock *sk_psock_init(struct sock *sk, int node)
+"""
+
+
+def rel002():
+    h, c = "include/linux/skmsg.h", "net/core/skmsg.c"
+    member = sub("\tvoid (*saved_data_ready)(struct sock *sk);\n",
+                 "\tvoid (*saved_data_ready)(struct sock *sk);\n"
+                 "\tvoid (*saved_state_change)(struct sock *sk);\n")
+    save = sub("\tpsock->saved_write_space = sk->sk_write_space;\n",
+               "\tpsock->saved_write_space = sk->sk_write_space;\n"
+               "\tpsock->saved_state_change = sk->sk_state_change;\n"
+               "\tsk->sk_state_change = sk_psock_state_change;\n")
+    fixture("REL002", "bad-psock-state-change", [h, c], (
+        "skmsg: Kick the backlog when a psock's socket closes",
+        {h: member, c: chain(sub("struct sk_psock *sk_psock_init(struct sock *sk, int node)\n",
+                                 _STATE_CHANGE_HANDLER), save)},
+    ), body="Schedule the backlog worker from sk_state_change so that queued\n"
+            "skbs are dropped as soon as the socket is closed.")
+    restore = sub("\tsk_psock_restore_proto(sk, psock);\n\trcu_assign_sk_user_data(sk, NULL);\n",
+                  "\tsk_psock_restore_proto(sk, psock);\n"
+                  "\tsk->sk_state_change = psock->saved_state_change;\n"
+                  "\trcu_assign_sk_user_data(sk, NULL);\n")
+    fixture("REL002", "ok-psock-state-change-chained", [h, c], (
+        "skmsg: Kick the backlog when a psock's socket closes",
+        {h: member, c: chain(sub("struct sk_psock *sk_psock_init(struct sock *sk, int node)\n",
+                                 _STATE_CHANGE_CHAINED), save, restore)},
+    ), body="Schedule the backlog worker from sk_state_change so that queued\n"
+            "skbs are dropped as soon as the socket is closed, then chain to\n"
+            "the socket's own callback; put it back when the psock is dropped.")
+
+
+
+_PROC_NET = """static int dccp_proc_show(struct seq_file *seq, void *v)
+{
+	seq_printf(seq, "InErrs: %%lu\\n", DCCP_MIB_READ(DCCP_MIB_INERRS));
+	return 0;
+}
+
+static int __net_init dccp_proc_init_net(struct net *net)
+{
+	if (!proc_create_net_single("dccp_stats", 0444, net->proc_net,
+				    dccp_proc_show, NULL))
+		return -ENOMEM;
+	return 0;
+}
+%(exit)s
+static struct pernet_operations dccp_proc_net_ops = {
+	.init = dccp_proc_init_net,
+%(exit_member)s};
+
+static int __init dccp_init(void)
+"""
+
+_PROC_EXIT = """
+static void __net_exit dccp_proc_exit_net(struct net *net)
+{
+	remove_proc_entry("dccp_stats", net->proc_net);
+}
+"""
+
+
+def _dccp(with_exit: bool, ladder_ok: bool, fini_ok: bool = True):
+    proc = _PROC_NET % {"exit": _PROC_EXIT if with_exit else "",
+                        "exit_member": "\t.exit = dccp_proc_exit_net,\n" if with_exit else ""}
+    edits = [sub("static int __init dccp_init(void)\n", proc)]
+    if ladder_ok:
+        edits.append(sub("\trc = dccp_sysctl_init();\n\tif (rc)\n\t\tgoto out_ackvec_exit;\n",
+                         "\trc = register_pernet_subsys(&dccp_proc_net_ops);\n\tif (rc)\n"
+                         "\t\tgoto out_ackvec_exit;\n\n"
+                         "\trc = dccp_sysctl_init();\n\tif (rc)\n\t\tgoto out_unregister_pernet;\n"))
+        edits.append(sub("out_ackvec_exit:\n", "out_unregister_pernet:\n"
+                         "\tunregister_pernet_subsys(&dccp_proc_net_ops);\nout_ackvec_exit:\n"))
+    else:
+        edits.append(sub("\trc = dccp_sysctl_init();\n",
+                         "\trc = register_pernet_subsys(&dccp_proc_net_ops);\n\tif (rc)\n"
+                         "\t\tgoto out_ackvec_exit;\n\n\trc = dccp_sysctl_init();\n"))
+    if fini_ok:
+        edits.append(sub("\tccid_cleanup_builtins();\n",
+                         "\tunregister_pernet_subsys(&dccp_proc_net_ops);\n\tccid_cleanup_builtins();\n"))
+    return {"net/dccp/proto.c": chain(*edits)}
+
+
+def rel003():
+    subj = "dccp: Add /proc/net/dccp_stats"
+    body = "Show the DCCP error counters of a namespace in /proc/net/dccp_stats."
+    paths = ["net/dccp/proto.c"]
+    fixture("REL003", "bad-dccp-proc-no-netns-exit", paths,
+            (subj, _dccp(with_exit=False, ladder_ok=True)), body=body)
+    fixture("REL003", "bad-dccp-proc-unwind-skipped", paths,
+            (subj, _dccp(with_exit=True, ladder_ok=False)), body=body)
+    fixture("REL003", "bad-dccp-proc-fini", paths,
+            (subj, _dccp(with_exit=True, ladder_ok=True, fini_ok=False)), body=body)
+    fixture("REL003", "ok-dccp-proc", paths,
+            (subj, _dccp(with_exit=True, ladder_ok=True)), body=body)
+    # the real fix that adds the missing netns cleanup (no tree: it predates 6.1)
+    shutil.copy(ROOT / "tests" / "data" / "messages" / "flow-dissector-netns-cleanup-v2.mbox",
+                FIX / "REL003" / "ok-flow-dissector-netns-cleanup.mbox")
+
+
 if __name__ == "__main__":
     for fn in sys.argv[1:] or ["rel001", "rel002", "rel003"]:
         if fn in globals():

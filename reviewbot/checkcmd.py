@@ -43,7 +43,11 @@ def git_toplevel(path: str) -> str | None:
     return out if proc.returncode == 0 and out else None
 
 
-_QP_SIGNS = re.compile(rb"=(?:\n|3D|20|09|[0-9A-F]{2}=?\n)")
+# In quoted-printable every "=" starts "=XX" or a soft line break, and
+# every byte is 7-bit; decoded C code has "= ", "==", "=\n" with 8-bit
+# bytes, or no "=" at all (then decoding changes nothing).
+_QP_BAD_EQ = re.compile(rb"=(?![0-9A-Fa-f]{2}|\n)")
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
 _B64_LINE = re.compile(rb"^[A-Za-z0-9+/=]*$")
 
 
@@ -62,7 +66,7 @@ def undo_predecoding(data: bytes) -> bytes:
         return data
     cte = m.group(1).lower()
     if cte == b"quoted-printable":
-        encoded = bool(_QP_SIGNS.search(body))
+        encoded = not _QP_BAD_EQ.search(body) and not _EIGHT_BIT.search(body)
     elif cte == b"base64":
         encoded = all(_B64_LINE.match(line.strip()) for line in body.split(b"\n"))
     else:

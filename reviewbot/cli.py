@@ -34,12 +34,12 @@ class Progress:
             self.shown = False
 
 
-def _settings(ctx: click.Context):
+def _settings(ctx: click.Context, validate: bool = True):
     from . import config
     obj = ctx.find_root().obj or {}
     if "settings" not in obj:
         obj["settings"] = config.load(obj.get("overrides", ()))
-    return obj["settings"]
+    return config.validate(obj["settings"]) if validate else obj["settings"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,7 +128,7 @@ def explain(code):
 @click.pass_context
 def config_cmd(ctx):
     """Print the effective settings and where each came from."""
-    s = _settings(ctx)
+    s = _settings(ctx, validate=False)     # show bad values too: this is where to look
     for key, value, origin in s.items():
         click.echo(f"reviewbot.{key}={value}\t# {origin}")
 

@@ -74,3 +74,30 @@ def load(overrides: list[str] = (), cwd: str | None = None) -> Settings:
             value = "true"
         s.set(key, value, "-c on the command line")
     return s
+
+
+# Settings with a fixed set of values or a number: checked before use, so
+# that a bad value is one line naming where it was set.
+CHOICES = {"min-confidence": ("low", "medium", "high"), "format": ("text", "json")}
+NUMBERS = {"timeout": float, "retries": int, "grace-hours": float}
+
+
+def validate(s: Settings) -> Settings:
+    from .errors import ReviewbotError
+    for key, allowed in CHOICES.items():
+        v = s.get(key)
+        if v is not None and v not in allowed:
+            raise ReviewbotError(f"reviewbot.{key}={v!r} ({s.origins.get(key, '?')}): "
+                                 f"expected one of {', '.join(allowed)}")
+    for key, kind in NUMBERS.items():
+        v = s.get(key)
+        if v is None:
+            continue
+        try:
+            ok = kind(v) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ReviewbotError(f"reviewbot.{key}={v!r} ({s.origins.get(key, '?')}): "
+                                 f"expected a {'whole ' if kind is int else ''}number >= 0")
+    return s

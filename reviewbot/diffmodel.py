@@ -15,6 +15,9 @@ import unidiff
 
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
 MAX_DIFF_LINES = 400_000
+# No kernel file is anywhere near a million lines; a hunk header beyond
+# that is corrupt (or hostile) and would make line-indexed work unbounded.
+MAX_LINE_NO = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def normalise(diff: str) -> tuple[str, list[str]]:
         lines = lines[:MAX_DIFF_LINES]
     out: list[str] = []
     i = 0
-    blank_fixed = recounted = 0
+    blank_fixed = recounted = dropped = 0
     n = len(lines)
     while i < n:
         line = lines[i]
@@ -175,10 +178,13 @@ def normalise(diff: str) -> tuple[str, list[str]]:
             else:
                 break
             i += 1
-        if (got_old, got_new) != (old_len, new_len):
-            recounted += 1
         old_start = int(m.group(1))
         new_start = int(m.group(3))
+        if max(old_start, new_start, old_len, new_len) > MAX_LINE_NO:
+            dropped += 1
+            continue
+        if (got_old, got_new) != (old_len, new_len):
+            recounted += 1
         if got_old == 0 and old_start > 0 and old_len != 0:
             old_start -= 1
         if got_new == 0 and new_start > 0 and new_len != 0:
@@ -187,6 +193,8 @@ def normalise(diff: str) -> tuple[str, list[str]]:
         out.extend(body)
     if blank_fixed:
         notes.append(f"{blank_fixed} blank context line(s) had lost their leading space")
+    if dropped:
+        notes.append(f"ignored {dropped} hunk(s) whose header claims a line beyond {MAX_LINE_NO}")
     if recounted:
         notes.append(f"{recounted} hunk header(s) did not match their lines and were recounted")
     text = "\n".join(out)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 K = 8              # tokens per k-gram
 W = 6              # winnowing window: common runs of >= K+W-1 tokens are found
 MIN_TOKENS = 30    # shorter functions are not indexed
@@ -46,51 +46,43 @@ CHUNK = 300         # files per worker task
 
 # -- tokens -------------------------------------------------------------------
 
-_STRIP = re.compile(
-    r"/\*.*?\*/|//[^\n]*|\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|^[ \t]*#(?:[^\n\\]|\\.|\\\n)*",
-    re.S | re.M)
 _TOK = re.compile(
-    r"(?:->|\.)[ \t]*[A-Za-z_]\w*"       # struct field, kept by name
-    r"|[A-Za-z_]\w*(?:[ \t]*\()?"         # identifier, or a call "name("
-    r"|\d[\w.]*"                          # number
-    r"|<<=|>>=|\.\.\.|->|\+\+|--|<<|>>|<=|>=|==|!=|&&|\|\||[-+*/%&|^]="
-    r"|\S")
+    r"[A-Za-z_]\w*+(?:[ \t]*\()?"                 # identifier, or a call "name("
+    r"|(?:->|\.)[ \t]*[A-Za-z_]\w*+"               # struct field, kept by name
+    r"|[(),;*=&{}\[\]]"
+    r"|/\*.*?\*/|//[^\n]*"                         # comments (dropped)
+    r"|\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"  # literals
+    r"|\#[ \t]*(?:if|ifdef|ifndef|else|elif|endif|define|undef|include|error|warning|pragma)\b"
+    r"(?:[^\n\\]|\\.|\\\n)*"                       # preprocessor lines (dropped)
+    r"|\d[\w.]*"
+    r"|<<=|>>=|\.\.\.|->|\+\+|--|<<|>>|<=|>=|!=|\|\||[-+/%|^<>]="
+    r"|\S", re.S)
 KEYWORDS = frozenset(
     "auto break case char const continue default do double else enum extern float for goto if "
     "inline int long register restrict return short signed sizeof static struct switch typedef "
     "union unsigned void volatile while bool true false NULL".split())
 ID, LIT = "$", "#"
+SKIP = 1            # code of comments and preprocessor lines: dropped
 
 
-def _strip_repl(m: re.Match) -> str:
-    s = m.group()
-    c = s[0]
-    if c == '"':
-        return '""'
-    if c == "'":
-        return "0"
-    return "\n" * s.count("\n")
-
-
-def strip(text: str) -> str:
-    """Comments, preprocessor lines out (newlines kept); strings and chars
-    reduced to a literal."""
-    return _STRIP.sub(_strip_repl, text)
-
-
-def canonical(tok: str) -> str:
-    """The normalised form of one raw token."""
+def canonical(tok: str) -> str | None:
+    """The normalised form of one raw token (None: not code)."""
     c = tok[0]
     if c.isalpha() or c == "_":
         if tok[-1] == "(":
             return tok[:-1].rstrip() + "("
         return tok if tok in KEYWORDS else ID
-    if c.isdigit():
+    if c.isdigit() or c == '"' or c == "'":
         return LIT
-    if (c == "." or c == "-") and len(tok) > 2 and (tok[-1].isalnum() or tok[-1] == "_") and tok != "...":
-        return ("->" if c == "-" else ".") + tok.lstrip("-.> \t")
-    if tok == '""':
-        return LIT
+    if len(tok) > 1:
+        if c == "/" and tok[1] in "/*":
+            return None
+        if c == "#":
+            return None
+        if c == "." and tok != "...":
+            return "." + tok[1:].strip()
+        if c == "-" and tok[1] == ">" and len(tok) > 2:
+            return "->" + tok[2:].strip()
     return tok
 
 
@@ -102,7 +94,12 @@ class _Coder:
         self.memo: dict[str, int] = {}
 
     def code(self, tok: str) -> int:
-        v = zlib.crc32(canonical(tok).encode())
+        c = canonical(tok)
+        if c is None:
+            v = SKIP
+        else:   # low bits: 3 for a call, 2 for anything else
+            call = c[-1] == "(" and c[:-1] not in KEYWORDS
+            v = (zlib.crc32(c.encode()) & ~3) | (3 if call else 2)
         if len(self.memo) > 400_000:
             self.memo.clear()
         self.memo[tok] = v
@@ -110,29 +107,32 @@ class _Coder:
 
     def codes(self, toks: list[str]) -> np.ndarray:
         get, code = self.memo.get, self.code
-        return np.array([get(t) or code(t) for t in toks], dtype=np.uint32)
+        arr = np.array([get(t) or code(t) for t in toks], dtype=np.uint32)
+        return arr[arr != SKIP]
 
 
 _CODER = _Coder()
 
 
 def code_tokens(text: str) -> np.ndarray:
-    """Codes of the tokens of TEXT (already stripped or not)."""
-    return _CODER.codes(_TOK.findall(strip(text)))
+    """Codes of the tokens of TEXT."""
+    return _CODER.codes(_TOK.findall(text))
 
 
 def tokens_with_lines(text: str, first_line: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Codes and 1-based line numbers of the tokens of TEXT (for locating
     matches in small texts)."""
-    s = strip(text)
     toks, lines = [], []
     line, pos = first_line, 0
-    for m in _TOK.finditer(s):
-        line += s.count("\n", pos, m.start())
+    for m in _TOK.finditer(text):
+        line += text.count("\n", pos, m.start())
         pos = m.start()
         toks.append(m.group())
         lines.append(line)
-    return _CODER.codes(toks), np.array(lines, dtype=np.int64)
+    get, code = _CODER.memo.get, _CODER.code
+    arr = np.array([get(t) or code(t) for t in toks], dtype=np.uint32)
+    keep = arr != SKIP
+    return arr[keep], np.array(lines, dtype=np.int64)[keep]
 
 
 # -- fingerprints ---------------------------------------------------------------
@@ -174,7 +174,7 @@ def fingerprints(codes: np.ndarray) -> np.ndarray:
 
 # -- functions in a file ----------------------------------------------------------
 
-_BRACE = re.compile(r"^[{}]", re.M)
+_BRACE = re.compile(r"\n[{}]")
 _NAME = re.compile(r"([A-Za-z_]\w*)\s*\(")
 _NOT_NAMES = frozenset(("__attribute__", "__printf", "__aligned", "__section", "__acquires",
                         "__releases", "__must_hold", "__scanf", "__malloc", "__alloc_size",
@@ -193,43 +193,46 @@ class Span:
 def split_functions(text: str) -> list[Span]:
     """Function definitions in kernel style: body braces in column 0."""
     out = []
+    text_count = text.count
     line, pos = 1, 0
     open_off = open_line = None
     prev_end = 0
     for m in _BRACE.finditer(text):
-        line += text.count("\n", pos, m.start())
-        pos = m.start()
-        if m.group() == "{":
-            open_off, open_line = m.start(), line
+        at = m.start() + 1
+        line += text_count("\n", pos, at)
+        pos = at
+        if text[at] == "{":
+            open_off, open_line = at, line
             continue
-        if open_off is None:
-            prev_end = m.end()
-            continue
-        span = _header(text, max(prev_end, open_off - 800), open_off, open_line)
-        if span is not None:
-            name, start = span
-            out.append(Span(name, start, line, open_off, m.end()))
-        open_off = None
-        prev_end = m.end()
+        if open_off is not None:
+            span = _header(text, max(prev_end, open_off - 600), open_off, open_line)
+            if span is not None:
+                out.append(Span(span[0], span[1], line, open_off, at + 1))
+            open_off = None
+        prev_end = at + 1
     return out
 
 
 def _header(text: str, lo: int, open_off: int, open_line: int):
-    head = text[lo:open_off]
-    cut = max(head.rfind(";"), head.rfind("}"), head.rfind("*/"), head.rfind("\n\n"),
-              head.rfind("\n#"))
+    cut = max(text.rfind(";", lo, open_off), text.rfind("}", lo, open_off),
+              text.rfind("*/", lo, open_off), text.rfind("\n\n", lo, open_off),
+              text.rfind("\n#", lo, open_off))
     if cut >= 0:
-        nl = head.find("\n", cut)
-        head = head[nl + 1:] if nl >= 0 else ""
+        nl = text.find("\n", cut, open_off)
+        lo = nl + 1 if nl >= 0 else open_off
+    head = text[lo:open_off]
     h = head.strip()
-    if not h.endswith(")") or "=" in h.split("(", 1)[0]:
+    if not h.endswith(")"):
+        return None
+    paren = h.find("(")
+    if "=" in h[:paren]:
         return None
     for m in _NAME.finditer(h):
-        if m.group(1) not in _NOT_NAMES and m.group(1) not in KEYWORDS:
-            start = open_line - head.rstrip("\n").count("\n") - 1
+        name = m.group(1)
+        if name not in _NOT_NAMES and name not in KEYWORDS:
             lead = len(head) - len(head.lstrip())
-            start += head[:lead].count("\n")
-            return m.group(1), max(start, 1)
+            start = open_line - head.count("\n") + head[:lead].count("\n")
+            return name, max(start, 1)
     return None
 
 
@@ -341,21 +344,45 @@ def _worker_init(env: dict) -> None:
 
 
 def _index_chunk(entries: list[tuple[int, str, str]]):
-    """Worker: (path index, blob, path) -> function rows and fingerprint keys
-    (local function numbers)."""
-    rows, names, keys = [], [], []
+    """Worker: (path index, blob, path) -> function rows, names and
+    fingerprint keys (hash << 32 | local function number)."""
+    rows, names, codes = [], [], []
     blobs = [b for _, b, _ in entries]
     for (pidx, _, _), (_, data) in zip(entries, _WORKER_READER.read_many(blobs)):
         if not data or len(data) > MAX_BLOB or b"\n{" not in data:
             continue
         text = data.decode("utf-8", errors="replace")
-        for f in file_functions(text):
-            local = len(rows)
-            rows.append((pidx, f.start, f.end, f.ntok, len(f.fps)))
-            names.append(f.name)
-            keys.append((f.fps.astype(np.uint64) << np.uint64(32)) | np.uint64(local))
-    keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
-    return np.array(rows, dtype=np.uint32).reshape(-1, 5), names, keys
+        for sp in split_functions(text):
+            c = code_tokens(text[sp.body_off:sp.end_off])
+            if len(c) < MIN_TOKENS:
+                continue
+            rows.append((pidx, sp.start, sp.end, len(c), 0))
+            names.append(sp.name)
+            codes.append(c)
+    if not rows:
+        return np.zeros((0, 5), dtype=np.uint32), [], np.zeros(0, dtype=np.uint64)
+    keys = batch_fingerprints(codes)
+    rows = np.array(rows, dtype=np.uint32)
+    fids, counts = np.unique((keys & np.uint64(0xFFFFFFFF)).astype(np.int64), return_counts=True)
+    rows[fids, 4] = counts
+    return rows, names, keys
+
+
+def batch_fingerprints(codes: list[np.ndarray]) -> np.ndarray:
+    """Fingerprints of many token sequences at once: unique keys
+    (hash << 32 | sequence number)."""
+    lens = np.array([len(c) for c in codes], dtype=np.int64)
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    allc = np.concatenate(codes)
+    h = kgram_hashes(allc)
+    # a k-gram is valid when it ends inside the sequence it starts in
+    seq = np.repeat(np.arange(len(codes)), lens)[:len(h)]
+    valid = np.arange(len(h)) + K <= ends[seq]
+    h = np.where(valid, h, np.uint32(0xFFFFFFFF))
+    pos = winnow(h)
+    pos = pos[valid[pos]]
+    return np.unique((h[pos].astype(np.uint64) << np.uint64(32)) | seq[pos].astype(np.uint64))
 
 
 def _index_entries(env: dict, entries: list[tuple[int, str, str]], procs: int):
@@ -640,4 +667,179 @@ def _parse_diff_tree(out: bytes) -> list[tuple[str | None, str]]:
         if new_mode == "120000":
             continue
         res.append((None if status.startswith("D") else new_sha, path))
+    return res
+
+
+# -- query side: what a series adds, and how alike two pieces of code are -------------------
+
+TRIVIAL_LINES = frozenset(("", "{", "}", "};", "else", "} else {", "break;", "return;", "return 0;",
+                           "default:", "out:", "err:", "unlock:"))
+
+
+def nontrivial(line: str) -> bool:
+    s = line.strip()
+    return s not in TRIVIAL_LINES and not s.startswith(("/*", "*", "//", "#"))
+
+
+@dataclass
+class Unit:
+    """A piece of added code worth comparing: a new function, or a run of
+    added lines inside an existing one."""
+    path: str
+    func: str          # the enclosing function's name
+    start: int         # lines in the post-image
+    end: int
+    whole: bool        # a whole added function
+    codes: np.ndarray
+    lines: np.ndarray  # line of each token
+    nlines: int        # non-trivial lines
+
+    @property
+    def fps(self) -> np.ndarray:
+        return fingerprints(self.codes)
+
+
+def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40,
+                min_lines: int = 6) -> list[Unit]:
+    """Units of the added lines ADDED of a post-image."""
+    lines = post_text.split("\n")
+    out = []
+    for sp in split_functions(post_text):
+        body = range(sp.start, sp.end + 1)
+        real = [n for n in body if n - 1 < len(lines) and nontrivial(lines[n - 1])]
+        if not real:
+            continue
+        new = [n for n in real if n in added]
+        if len(new) >= 0.9 * len(real) and (sp.end in added or sp.start in added):
+            runs = [(sp.start, sp.end, True)]
+        else:
+            runs, cur = [], []
+            for n in body:
+                if n in added or (cur and n - 1 < len(lines) and not lines[n - 1].strip()):
+                    cur.append(n)
+                elif cur:
+                    runs.append((cur[0], cur[-1], False))
+                    cur = []
+            if cur:
+                runs.append((cur[0], cur[-1], False))
+        for a, b, whole in runs:
+            nl = sum(1 for n in range(a, b + 1) if n - 1 < len(lines) and nontrivial(lines[n - 1]))
+            if nl < min_lines:
+                continue
+            if whole:
+                text = post_text[sp.body_off:sp.end_off]
+                first = sp.start + post_text.count("\n", _line_offset(post_text, sp.start), sp.body_off)
+            else:
+                text = "\n".join(lines[a - 1:b])
+                first = a
+            codes, tl = tokens_with_lines(text, first)
+            if len(codes) < min_tokens:
+                continue
+            out.append(Unit(path, sp.name, a, b, whole, codes, tl, nl))
+    return out
+
+
+def _line_offset(text: str, line: int) -> int:
+    off = 0
+    for _ in range(line - 1):
+        off = text.find("\n", off) + 1
+        if off == 0:
+            return len(text)
+    return off
+
+
+@dataclass(frozen=True)
+class Likeness:
+    coverage: float      # share of the query's tokens found, in order, in the other code
+    other_first: int     # token index range in the other code that matched
+    other_last: int
+
+
+def likeness(query: np.ndarray, other: np.ndarray, min_block: int = 4) -> Likeness:
+    """How much of QUERY appears (in order, in blocks of >= MIN_BLOCK
+    tokens) in OTHER."""
+    import difflib
+    if not len(query) or not len(other):
+        return Likeness(0.0, 0, 0)
+    sm = difflib.SequenceMatcher(None, other.tolist(), query.tolist(), autojunk=False)
+    blocks = [b for b in sm.get_matching_blocks() if b.size >= min_block]
+    if not blocks:
+        return Likeness(0.0, 0, 0)
+    got = sum(b.size for b in blocks)
+    return Likeness(got / len(query), blocks[0].a, blocks[-1].a + blocks[-1].size - 1)
+
+
+def calls_shared(query: np.ndarray, other: np.ndarray) -> float:
+    """Share of the calls QUERY makes that OTHER makes too (1.0 without calls)."""
+    qc = query[(query & 3) == 3]
+    if not len(qc):
+        return 1.0
+    oc = set(other[(other & 3) == 3].tolist())
+    return sum(1 for c in qc.tolist() if c in oc) / len(qc)
+
+
+def function_codes(text: str) -> list[tuple[Span, np.ndarray, np.ndarray]]:
+    """(span, token codes, token lines) of every function of TEXT."""
+    out = []
+    for sp in split_functions(text):
+        first = text.count("\n", 0, sp.body_off) + 1
+        codes, lines = tokens_with_lines(text[sp.body_off:sp.end_off], first)
+        out.append((sp, codes, lines))
+    return out
+
+
+_OPEN: dict[tuple, "DupIndex | None"] = {}
+
+
+def index_for(tree: str | None, base: str | None) -> "DupIndex | None":
+    """The cached index of BASE in TREE, when one can be had cheaply.
+
+    ``REVIEWBOT_DUPINDEX``: ``auto`` (default) uses an index already in the
+    cache, or a delta on one; ``build`` also builds a missing one (about a
+    minute for a whole tree); ``off`` never uses one."""
+    if not tree or not base:
+        return None
+    mode = os.environ.get("REVIEWBOT_DUPINDEX", "auto")
+    if mode == "off":
+        return None
+    key = (tree, base, mode, str(default_cache_dir()))
+    if key not in _OPEN:
+        try:
+            _OPEN[key] = DupIndex.open(tree, base, build=(mode == "build"))
+        except (RuntimeError, OSError, ValueError):
+            _OPEN[key] = None
+    return _OPEN[key]
+
+
+def directory_functions(tree: str, commit: str, directory: str, skip: set[str],
+                        max_files: int = 40, max_bytes: int = 3_000_000):
+    """(path, span, codes, lines) of the functions of the C files of one
+    directory at COMMIT (small scan when no index is at hand)."""
+    env = git_env(tree)
+    try:
+        out = _git(env, "ls-tree", "-z", f"{commit}:{directory}" if directory else commit)
+    except RuntimeError:
+        return []
+    ents = []
+    for rec in out.split(b"\0"):
+        if not rec:
+            continue
+        meta, _, name = rec.partition(b"\t")
+        mode, typ, sha = meta.split()
+        p = f"{directory}/{name.decode()}" if directory else name.decode()
+        if typ == b"blob" and p.endswith(".c") and p not in skip:
+            ents.append((sha.decode(), p))
+    ents = ents[:max_files]
+    res, total = [], 0
+    reader = BlobReader(env)
+    try:
+        for (sha, p), (_, data) in zip(ents, reader.read_many([s for s, _ in ents])):
+            if not data or total + len(data) > max_bytes:
+                continue
+            total += len(data)
+            text = data.decode("utf-8", errors="replace")
+            for sp, codes, lines in function_codes(text):
+                res.append((p, sp, codes, lines))
+    finally:
+        reader.close()
     return res

@@ -92,6 +92,8 @@ class PatchContext:
     has_tree: bool
     tree_reader: object = None   # callable(path) -> post-image text of another file, or None
     all_patches: list = field(default_factory=list)   # every PatchContext of the series
+    tree_path: str | None = None  # the git tree the series was applied to (read-only), if any
+    base: str | None = None       # the commit it was applied onto
 
     def c_files(self) -> list[FileView]:
         return [f for f in self.files if f.diff.is_c and not f.diff.is_deleted]

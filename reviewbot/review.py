@@ -108,7 +108,11 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
                     base = session.base
                     if ser.base_commit:
                         notes.append(f"base-commit {ser.base_commit[:12]} is not in the tree; applied to HEAD")
-                session.start(base)
+                touched = [path for p in ser.patches for fd in p.diff.files
+                           for path in (fd.path, fd.old_path) if path]
+                touched += [path for p in ser.patches for c in p.copies
+                            for path in _diff_paths(c)]
+                session.start(base, touched)
                 images = [_apply_one(session, r) for r in results]
         else:
             images = [None] * len(results)
@@ -127,7 +131,9 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
                         if post_tree and fd.path:
                             post = session.read_blob(post_tree, fd.path)
                     files.append(engine.FileView(fd, pre, post))
-                contexts.append(engine.PatchContext(ser, r.patch, r.patch.diff, files, session is not None))
+                contexts.append(engine.PatchContext(ser, r.patch, r.patch.diff, files, session is not None,
+                                                    tree_path=opts.tree if session is not None else None,
+                                                    base=base))
             for c in contexts:
                 c.all_patches = contexts
         with timer("rules"):
@@ -145,6 +151,11 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
     with timer("render"):
         replies = render_replies(ser, results, series_findings, opts)
     return Result(ser, results, series_findings, replies, notes, tree=opts.tree, base=base, timings=timer.t)
+
+
+def _diff_paths(msg) -> list[str]:
+    _, difftext = diffmodel.split_body(mail.body_text(msg))
+    return [p for fd in diffmodel.parse(difftext).files for p in (fd.path, fd.old_path) if p]
 
 
 def _apply_one(session: applymod.TreeSession, r: PatchResult):
@@ -247,4 +258,5 @@ def to_json(res: Result) -> dict:
         "series_findings": [f.to_json() for f in res.series_findings],
         "replies": [r.to_json() for r in res.replies],
         "notes": res.notes,
+        "timings": {k: round(v, 4) for k, v in res.timings.items()},
     }

@@ -150,6 +150,7 @@ def release_names(acquire: str, known_calls: set[str] | frozenset = frozenset())
 OPS_MEMBER_PAIRS: dict[str, tuple[str, ...]] = {
     "open": ("release", "close"),
     "ndo_open": ("ndo_stop",),
+    "proc_open": ("proc_release",),
     "ndo_init": ("ndo_uninit",),
     "init": ("exit", "destroy", "uninit", "cleanup", "fini", "deinit", "release", "free",
              "exit_batch", "pre_exit", "exit_batch_rtnl"),

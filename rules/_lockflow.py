@@ -198,6 +198,8 @@ def display(h: Held) -> str:
     if h.key in PSEUDO:
         return {"rcu": "the RCU read lock", "irq": "interrupts disabled",
                 "bh": "bottom halves disabled", "preempt": "preemption disabled"}[h.key]
+    if re.match(r"^\w+$", h.expr) and h.kind != "sock":
+        return f"the lock '{h.expr}'"
     return h.expr
 
 
@@ -235,6 +237,7 @@ class Summary:
     take_sites: dict = field(default_factory=dict)      # key -> line
     sleeps: str | None = None                           # a direct sleeping call, unconditional
     sleep_line: int | None = None
+    sleep_end: int | None = None
 
 
 @dataclass
@@ -248,6 +251,7 @@ class Flow:
     accesses: list[tuple[object, frozenset, bool]] = field(default_factory=list)  # field expr, states, write?
     conditional: set[str] = field(default_factory=set)   # keys taken in a branch, released outside
     uncertain: set[str] = field(default_factory=set)
+    released: set[str] = field(default_factory=set)      # keys some call releases
     too_complex: bool = False
     annotated: bool = False    # __acquires/__releases/__must_hold
 
@@ -377,6 +381,7 @@ class Walker:
         if name in RELEASE:
             kind = RELEASE[name]
             key, _ = key_of_call(name, kind, args, self.types)
+            self.flow.released.add(key)
             return self._remove(states, key)
         if name in TRYLOCK or name in ZEROLOCK:
             # not as an if condition (handled in if_stmt): assume taken, uncertain
@@ -391,19 +396,33 @@ class Walker:
                     self.var_status[cparse.node_text(left)] = h
             self.flow.acquires.append((h, states))
             return self._add(states, h)
+        if args and not name.startswith(("lockdep_", "WARN", "BUG", "spin_is_locked", "mutex_is_locked")):
+            # a held lock handed to another function ("releases @lock"): its fate is unknown here
+            passed = {_strip(a) for a in args}
+            for s in states:
+                for h in s:
+                    if h.expr in passed and h.key not in PSEUDO and h.kind != "sock":
+                        self.flow.uncertain.add(h.key)
         summ = self.summaries.get(name)
         if summ is not None and summ.name != self.fn.name:
             subst = dict(zip(summ.params, args))
+            # a drop-and-retake helper (releases and re-acquires one lock) is neutral
+            both = {t for _, _, t in summ.acquires} & {t for _, _, t in summ.releases}
+            for call, kind, tmpl in summ.releases:
+                if tmpl in both:
+                    continue
+                expr = _subst(tmpl, subst)
+                key, _ = key_of_call(call, kind, (expr,) if tmpl else (), self.types)
+                self.flow.released.add(key)
+                states = self._remove(states, key)
             for call, kind, tmpl in summ.acquires:
+                if tmpl in both:
+                    continue
                 expr = _subst(tmpl, subst)
                 key, expr = key_of_call(call, kind, (expr,) if tmpl else (), self.types)
                 h = Held(key, kind, line, expr, name, "wrap:" + name)
                 self.flow.acquires.append((h, states))
                 states = self._add(states, h)
-            for call, kind, tmpl in summ.releases:
-                expr = _subst(tmpl, subst)
-                key, _ = key_of_call(call, kind, (expr,) if tmpl else (), self.types)
-                states = self._remove(states, key)
         return states
 
     # -- conditions -----------------------------------------------------------
@@ -675,6 +694,7 @@ class ImageInfo:
     byname: dict[str, cparse.Function]
     summaries: dict[str, Summary]
     flows: dict[str, Flow]
+    memo: dict = field(default_factory=dict)     # per-rule derived data
 
     def flow(self, name: str) -> Flow | None:
         return self.flows.get(name)
@@ -722,7 +742,7 @@ def _summaries(funcs: list[cparse.Function]) -> dict[str, Summary]:
             why = sleeping_call(c.name, c.args)
             if why and c.states and all(not any(h.kind in ATOMIC_KINDS for h in st) for st in c.states) \
                     and _unconditional(c.node, f.node):
-                s.sleeps, s.sleep_line = why, c.line
+                s.sleeps, s.sleep_line, s.sleep_end = why, c.line, cparse.end_line_of(c.node)
                 break
         out[f.name] = s
     # callee lock sets: fixpoint over same-file calls (bounded)
@@ -766,6 +786,12 @@ def image(fv, which: str) -> ImageInfo:
         return per[which]
     tree = fv.post_tree if which == "post" else fv.pre_tree
     funcs = [f for f in cparse.functions(tree) if f.name]
+    full = fv.post is not None if which == "post" else fv.pre is not None
+    if not full:
+        # reconstructed from hunks: only functions the hunks show whole
+        shown = _shown_lines(fv, which == "post")
+        funcs = [f for f in funcs if all(ln in shown for ln in range(f.start, f.end + 1))
+                 and cparse.node_text(f.node).rstrip().endswith("}")]
     summ = _summaries(funcs)
     flows = {}
     byname = {}
@@ -774,6 +800,17 @@ def image(fv, which: str) -> ImageInfo:
     info = ImageInfo(funcs, byname, summ, flows)
     per[which] = info
     return info
+
+
+def _shown_lines(fv, new: bool) -> set[int]:
+    out = set()
+    for h in fv.diff.hunks:
+        for ln in h.lines:
+            if new and ln.kind != "-" and ln.new_no:
+                out.add(ln.new_no)
+            if not new and ln.kind != "+" and ln.old_no:
+                out.add(ln.old_no)
+    return out
 
 
 def flow_of(info: ImageInfo, name: str) -> Flow | None:
@@ -811,3 +848,69 @@ def must_held(states) -> set[Held]:
 
 def may_held(states) -> set[Held]:
     return {h for s in states for h in s}
+
+
+# ---------------------------------------------------------------------------
+# helpers for the rules
+# ---------------------------------------------------------------------------
+
+
+def span_added(node, added: set[int]) -> int | None:
+    """The first added line inside a node, or None."""
+    for ln in range(cparse.line_of(node), cparse.end_line_of(node) + 1):
+        if ln in added:
+            return ln
+    return None
+
+
+def report_line(candidates, added: set[int], fallback: int) -> int:
+    """The first candidate line the patch adds, else the fallback."""
+    for ln in candidates:
+        if ln and ln in added:
+            return ln
+    return fallback
+
+
+def first_line_text(node) -> str:
+    text = cparse.node_text(node).strip().split("\n")[0].strip()
+    return text[:60]
+
+
+def fn_skipped_for_balance(fl: Flow) -> bool:
+    """Functions meant to return with a lock held (or to drop one they did
+    not take): annotated ones and lock-ish names."""
+    return fl.annotated or bool(SKIP_FN_RE.search(fl.fn.name))
+
+
+_ERRORISH = re.compile(r"^\s*(-\s*\w+|ERR_PTR\s*\(.*|ERR_CAST\s*\(.*|NULL|false|0|(\w*err\w*|rc|ret|retval|status))\s*;?\s*$")
+
+
+def return_value(fl: Flow, line: int) -> str | None:
+    """The expression a `return` at `line` returns ('' for a bare return,
+    None when no return statement is there)."""
+    for n in cparse.walk(fl.fn.node):
+        if n.type == "return_statement" and cparse.line_of(n) == line:
+            kids = [c for c in n.named_children if c.type != "comment"]
+            return cparse.node_text(kids[0]) if kids else ""
+    return None
+
+
+def leaks(fl: Flow | None) -> list[tuple[Held, Exit, int | None]]:
+    """(lock, exit, goto line) for every path that leaves the function with a
+    lock the function took and releases elsewhere."""
+    if fl is None or fl.too_complex or fn_skipped_for_balance(fl):
+        return []
+    released = fl.released
+    out = []
+    for ex in fl.exits:
+        val = return_value(fl, ex.line)
+        if val is not None and val != "" and not _ERRORISH.match(val):
+            continue      # success-looking returns may legitimately keep a lock
+        for st in ex.states:
+            for h in st:
+                if h.how == "guard" or h.kind in ("irq", "bh", "preempt"):
+                    continue
+                if h.key in fl.conditional or h.key in fl.uncertain or h.key not in released:
+                    continue
+                out.append((h, ex, ex.via.get(st)))
+    return out

@@ -1,6 +1,8 @@
 """ops-missing-release (REL001): an ops table with an acquire hook and no release hook."""
 from __future__ import annotations
 
+import re
+
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
@@ -183,6 +185,8 @@ class OpsMissingRelease(Rule):
                 related = [Location(fv.path, a.line_of(m), f"{a.name} sets .{m}")
                            for m, (a, _) in sorted(missing.items())]
                 line = rc.anchor_line(fv, b.start, b.end)
+                if conf == "high":
+                    line = _after_removed(fv, names[0], b) or line
                 yield self.finding(fv.path, line, msg, related=related, confidence=conf)
 
 
@@ -190,6 +194,19 @@ def _pre_touched(fv, pre) -> set:
     """Pre-image tables that lost lines in this patch."""
     gone = rc.removed_old_lines(fv)
     return {k for k, t in pre.items() if any(t.start <= i <= t.end for i in gone)}
+
+
+def _after_removed(fv, member, table) -> int | None:
+    """The post-image line that follows the removed `.member = ...` line, so
+    that the quote ends on the removal."""
+    pat = re.compile(r"^\s*\." + re.escape(member) + r"\s*=")
+    for h in fv.diff.hunks:
+        for i, ln in enumerate(h.lines):
+            if ln.kind == "-" and pat.match(ln.text):
+                for nxt in h.lines[i + 1:]:
+                    if nxt.kind != "-" and nxt.new_no and table.start <= nxt.new_no <= table.end:
+                        return nxt.new_no
+    return None
 
 
 def _twins(a, b) -> bool:

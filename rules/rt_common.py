@@ -115,6 +115,13 @@ def walk_held(fn_node):
                 if release_matches(c, held[i].call):
                     del held[i]
                     break
+            else:
+                # mixed forms: local_irq_save(f); spin_lock(&l); ... spin_unlock_irqrestore(&l, f)
+                arg = norm(c.args[0]) if c.args else None
+                flags = norm(c.args[-1]) if len(c.args) > 1 else None
+                held[:] = [h for h in held if not (
+                    (arg and h.arg == arg and h.name not in IRQ_OFF) or
+                    (flags and h.name == "local_irq_save" and h.arg == flags))]
 
 
 def locals_of(fn_node) -> dict[str, str]:

@@ -49,12 +49,26 @@ def private_env(tmp_path: Path, gitconfig: str = "") -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def xfrm_tree(tmp_path) -> Path:
-    """A git tree holding the real linux-6.1 net/xfrm/xfrm_input.c."""
-    tree = tmp_path / "linux"
+CLEAN = "clean-1-test@reviewbot.invalid"
+
+
+@pytest.fixture(scope="module")
+def xfrm_tree(tmp_path_factory) -> Path:
+    """A git tree holding the real linux-6.1 net/xfrm/xfrm_input.c (the
+    tests check that nothing in it changes)."""
+    tree = tmp_path_factory.mktemp("ktree") / "linux"
     ktree.make_tree(tree, ktree.kernel_files([XFRM]))
     return tree
+
+
+@pytest.fixture(scope="module")
+def clean_lore(tmp_path_factory, xfrm_tree):
+    """A public-inbox server with one clean patch (Message-ID CLEAN)."""
+    from support.lore import LoreServer
+    with LoreServer(tmp_path_factory.mktemp("clean-lore")) as srv:
+        srv.add_inbox("netdev", [clean_patch(xfrm_tree, CLEAN)])
+        srv.start()
+        yield srv
 
 
 def tree_state(tree: Path) -> tuple:
@@ -100,13 +114,10 @@ def test_b4_am_shows_reviewbot_findings_beside_checkpatch(tmp_path, lore, xfrm_t
     assert tree_state(xfrm_tree) == before
 
 
-def test_b4_am_clean_patch_passes(tmp_path, lore_factory, xfrm_tree):
-    msgid = "clean-1-test@reviewbot.invalid"
-    srv = lore_factory()
-    srv.add_inbox("netdev", [clean_patch(xfrm_tree, msgid)])
+def test_b4_am_clean_patch_passes(tmp_path, clean_lore, xfrm_tree):
     env = private_env(tmp_path)
     before = tree_state(xfrm_tree)
-    text = b4_am_check(env, xfrm_tree, srv, msgid, tmp_path / "out")
+    text = b4_am_check(env, xfrm_tree, clean_lore, CLEAN, tmp_path / "out")
     assert [l.strip() for l in text.splitlines() if "reviewbot:" in l] == ["● reviewbot: passed all checks"], text
     assert tree_state(xfrm_tree) == before
 
@@ -114,8 +125,9 @@ def test_b4_am_clean_patch_passes(tmp_path, lore_factory, xfrm_tree):
 # b4's review checks, exactly as the review TUI's check matrix runs them:
 # fetch the thread, pick the patches, run b4.review-perpatch-check-cmd.
 B4_REVIEW = r"""
-import json, sys
+import argparse, json, sys
 import b4, b4.review.checks as checks
+b4.setup_config(argparse.Namespace(config={}))      # what `b4 ...` does first
 msgs = b4.get_pi_thread_by_msgid(sys.argv[1], quiet=True)
 patches = []
 for msg in msgs:
@@ -154,12 +166,9 @@ def test_b4_review_checks_read_the_json(tmp_path, lore, xfrm_tree):
     assert tree_state(xfrm_tree) == before
 
 
-def test_b4_review_checks_clean_patch_pass(tmp_path, lore_factory, xfrm_tree):
-    msgid = "clean-2-test@reviewbot.invalid"
-    srv = lore_factory()
-    srv.add_inbox("netdev", [clean_patch(xfrm_tree, msgid)])
-    got = b4_review_checks(tmp_path, xfrm_tree, srv, msgid)
-    assert got == {msgid: [{"tool": "reviewbot", "status": "pass", "summary": "no findings",
+def test_b4_review_checks_clean_patch_pass(tmp_path, clean_lore, xfrm_tree):
+    got = b4_review_checks(tmp_path, xfrm_tree, clean_lore, CLEAN)
+    assert got == {CLEAN: [{"tool": "reviewbot", "status": "pass", "summary": "no findings",
                             "url": "", "details": ""}]}
 
 
@@ -253,5 +262,5 @@ def test_b4_predecoded_quoted_printable(tmp_path):
     env = private_env(tmp_path)
     a = run_check([], raw, tmp_path, env)
     b = run_check([], from_b4, tmp_path, env)
-    assert a.stdout.decode().startswith("net/foo.c:6: WARNING: ")
+    assert a.stdout.decode().startswith("net/foo.c:5: WARNING: ")
     assert b.stdout == a.stdout and b.returncode == a.returncode == 1

@@ -1,0 +1,199 @@
+"""duplicated-code (DUP001): added code that already exists elsewhere."""
+from __future__ import annotations
+
+import os
+
+from reviewbot import dupindex as dx
+from reviewbot.engine import PatchContext, Rule
+from reviewbot.findings import Location
+
+NEAR = 0.85          # share of the added code found in a twin in the same directory
+FAR = 0.92           # ... in a twin elsewhere in the tree
+MIN_TOKENS = 60      # smaller pieces are not worth a helper
+FAR_MIN_TOKENS = 90  # far twins only for bigger pieces
+CALLS = 0.9          # share of the added code's calls the twin must make too
+SKIP_PREFIXES = ("tools/", "samples/", "scripts/", "Documentation/")
+
+
+class DuplicatedCode(Rule):
+    """Flags added functions and blocks that repeat code found elsewhere in
+    the series or already in the tree.
+
+    ## What it does
+    Takes every added function, and every run of at least six non-trivial
+    added lines, normalises it (identifiers and literals made anonymous;
+    keywords, operators, called functions and struct fields kept) and looks
+    for a twin: other code the series adds, the same file's post-image, and
+    with a tree, the tree's functions (through the cached function index
+    when there is one, else the same directory).  A twin counts when at
+    least 85% of the added code is found in it, in order (92% and a bigger
+    piece when the twin is in another directory).  Code under tools/ and
+    samples/ is left alone: selftests copy on purpose.
+
+    ## Why is this bad?
+    Two copies drift: a fix lands in one and not the other.  Reviewers
+    routinely ask for a helper ("please factor this out instead of
+    copy-pasting"), and a helper that already exists should be called, not
+    re-implemented.
+
+    ## Example
+        +static int sk_lookup_prog_detach(struct net *net)
+        +{
+        +	struct bpf_prog *attached;
+        +
+        +	mutex_lock(&sk_lookup_mutex);
+        +	attached = rcu_dereference_protected(net->sk_lookup_prog,
+        +					     lockdep_is_held(&sk_lookup_mutex));
+        ...   (the body of skb_flow_dissector_bpf_prog_detach() again)
+
+    ## Use instead
+    Move the common part into a helper both callers use, as
+    "flow_dissector: Extract attach/detach/query helpers" did, or call the
+    helper that already exists.
+    """
+
+    code = "DUP001"
+    name = "duplicated-code"
+    family = "duplicated-helper"
+    severity = "info"
+    confidence = "medium"
+
+    def __init__(self):
+        self._units: dict[int, list[tuple[object, dx.Unit]]] = {}
+
+    def check_patch(self, ctx: PatchContext):
+        series_units = self._series_units(ctx)
+        mine = [u for c, u in series_units if c is ctx]
+        if not mine:
+            return
+        idx = dx.index_for(ctx.tree_path, ctx.base)
+        dir_cache: dict[str, list] = {}
+        for unit in mine:
+            twin = self._in_series(ctx, unit, series_units) or self._in_file(ctx, unit)
+            if twin is None and ctx.tree_path and ctx.base:
+                twin = self._in_tree(ctx, unit, idx, dir_cache)
+            if twin is None:
+                continue
+            where, path, line, end, func, cov, same_dir = twin
+            yield self._report(unit, where, path, line, end, func, cov, same_dir)
+
+    # -- the units of the whole series, computed once
+    def _series_units(self, ctx):
+        key = id(ctx.series)
+        if key not in self._units:
+            units = []
+            for c in ctx.all_patches or [ctx]:
+                for fv in c.c_files():
+                    if fv.path.startswith(SKIP_PREFIXES) or not fv.added_lines:
+                        continue
+                    for u in dx.added_units(fv.path, fv.post_text, fv.added_lines, MIN_TOKENS):
+                        units.append((c, u))
+            self._units = {key: units}
+        return self._units[key]
+
+    def _in_series(self, ctx, unit, series_units):
+        """A twin added earlier in the series (or earlier in this patch)."""
+        order = [c for c in (ctx.all_patches or [ctx])]
+        me = (order.index(ctx), unit.path, unit.start)
+        fps = set(unit.fps.tolist())
+        for c, u in series_units:
+            if u is unit or (order.index(c), u.path, u.start) >= me:
+                continue
+            if len(fps & set(u.fps.tolist())) < 3:
+                continue
+            same_dir = os.path.dirname(u.path) == os.path.dirname(unit.path)
+            if not _alike(unit.codes, u.codes, same_dir):
+                continue
+            lk = dx.likeness(unit.codes, u.codes)
+            if lk.coverage >= (NEAR if same_dir else FAR):
+                label = f"patch {c.patch.label}" if c is not ctx else "this patch"
+                return (label, u.path, int(u.lines[lk.other_first]), int(u.lines[lk.other_last]),
+                        u.func, lk.coverage, same_dir)
+        return None
+
+    def _in_file(self, ctx, unit):
+        """A twin in the same file's post-image (code that was there before)."""
+        fv = next(f for f in ctx.c_files() if f.path == unit.path)
+        if not fv.has_full_image:
+            return None
+        for sp, codes, lines in dx.function_codes(fv.post_text):
+            if sp.start <= unit.start <= sp.end or sp.start <= unit.end <= sp.end:
+                continue
+            if any(n in fv.added_lines for n in (sp.start, sp.end)):
+                continue   # also new: the series check covers it
+            if not _alike(unit.codes, codes, True):
+                continue
+            lk = dx.likeness(unit.codes, codes)
+            if lk.coverage >= NEAR:
+                return ("this file", unit.path, int(lines[lk.other_first]), int(lines[lk.other_last]),
+                        sp.name, lk.coverage, True)
+        return None
+
+    def _in_tree(self, ctx, unit, idx, dir_cache):
+        touched = _final_images(ctx)
+        udir = os.path.dirname(unit.path)
+        if idx is not None:
+            cands = []
+            fps = unit.fps
+            for func, shared in idx.query(fps, min_shared=max(3, len(fps) // 4))[:25]:
+                if func.path == unit.path or func.path.startswith(SKIP_PREFIXES):
+                    continue
+                cands.append(func)
+            for func in cands:
+                same_dir = os.path.dirname(func.path) == udir
+                if not same_dir and len(unit.codes) < FAR_MIN_TOKENS:
+                    continue
+                text = touched[func.path] if func.path in touched else idx.read_blob(func.blob)
+                if text is None:
+                    continue
+                for sp, codes, lines in dx.function_codes(text):
+                    if sp.name != func.name or not _alike(unit.codes, codes, same_dir):
+                        continue
+                    lk = dx.likeness(unit.codes, codes)
+                    if lk.coverage >= (NEAR if same_dir else FAR):
+                        return ("tree", func.path, int(lines[lk.other_first]), int(lines[lk.other_last]),
+                                sp.name, lk.coverage, same_dir)
+            return None
+        if udir not in dir_cache:
+            dir_cache[udir] = dx.directory_functions(ctx.tree_path, ctx.base, udir, set(touched))
+        for path, sp, codes, lines in dir_cache[udir]:
+            if not _alike(unit.codes, codes, True):
+                continue
+            lk = dx.likeness(unit.codes, codes)
+            if lk.coverage >= NEAR:
+                return ("tree", path, int(lines[lk.other_first]), int(lines[lk.other_last]),
+                        sp.name, lk.coverage, True)
+        return None
+
+    def _report(self, unit, where, path, line, end, func, cov, same_dir):
+        what = f"the new {unit.func}()" if unit.whole else f"this part of {unit.func}()"
+        place = f"{func}() in {path}" if path != unit.path else f"{func}() in this file"
+        if where not in ("tree", "this file"):
+            place += f" (added in {where})"
+            ask = "Could the two share a helper instead of carrying the same code twice?"
+        else:
+            ask = (f"Could {func}() be reused here, or the common part moved into a helper "
+                   "both can call?")
+        msg = f"Isn't {what} a copy of {place}? {ask}"
+        conf = "high" if cov >= 0.95 and same_dir else ("medium" if same_dir or cov >= 0.97 else "low")
+        return self.finding(unit.path, unit.start, msg, end_line=unit.end, confidence=conf,
+                            related=[Location(path, line, "the other copy")])
+
+
+def _alike(query, other, same_dir: bool) -> bool:
+    """Cheap checks first: big enough, and calling the same functions."""
+    if not same_dir and len(query) < FAR_MIN_TOKENS:
+        return False
+    return dx.calls_shared(query, other) >= CALLS
+
+
+def _final_images(ctx) -> dict[str, str]:
+    """Path -> text after the whole series, for the files the series touches."""
+    out: dict[str, str] = {}
+    for c in ctx.all_patches or [ctx]:
+        for fv in c.files:
+            if fv.diff.is_deleted:
+                out[fv.diff.old_path] = ""
+            elif fv.post is not None:
+                out[fv.path] = fv.post
+    return out

@@ -1,0 +1,183 @@
+"""lock-order-inversion (LCK001): the series takes two locks in the opposite
+order of another site (an ABBA hint)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reviewbot.engine import PatchContext, Rule
+from reviewbot.findings import Location
+
+from . import _lockflow as lf
+
+
+@dataclass(frozen=True)
+class Edge:
+    outer: str          # lock class held
+    inner: str          # lock class taken while `outer` is held
+    func: str
+    line: int           # where `inner` is taken (or the callee that takes it is called)
+    outer_line: int
+    outer_expr: str
+    inner_expr: str
+    via: str = ""       # same-file callee that takes `inner`
+
+
+def edges(info: lf.ImageInfo, only: set[str] | None = None) -> list[Edge]:
+    """Every "B taken while A held" of an image, one level (and a bounded
+    fixpoint) through the same file's callees."""
+    key = ("edges", None if only is None else frozenset(only))
+    cached = info.memo.get(key)
+    if cached is not None:
+        return cached
+    out = []
+    for fn in info.functions:
+        if only is not None and fn.name not in only:
+            continue
+        fl = lf.flow_of(info, fn.name)
+        if fl is None:
+            continue
+        for h, states in fl.acquires:
+            if not _usable(h.key):
+                continue
+            for g in lf.must_held(states):
+                if _usable(g.key) and g.key != h.key:
+                    out.append(Edge(g.key, h.key, fn.name, h.line, g.line, g.expr, h.expr,
+                                    h.how[5:] if h.how.startswith("wrap:") else ""))
+        for c in fl.calls:
+            summ = info.summaries.get(c.name)
+            if summ is None or c.name == fn.name or not summ.takes:
+                continue
+            held = [g for g in lf.must_held(c.states) if _usable(g.key)]
+            for g in held:
+                for k in sorted(summ.takes):
+                    if k != g.key and _usable(k):
+                        out.append(Edge(g.key, k, fn.name, c.line, g.line, g.expr, k, c.name))
+    info.memo[key] = out
+    return out
+
+
+def _usable(key: str) -> bool:
+    return not key.startswith("?") and key not in lf.PSEUDO and key != "sk_lock"
+
+
+class LockOrderInversion(Rule):
+    """Flags a lock order the series introduces (B taken while A is held)
+    when the opposite order (A taken while B is held) exists in the same
+    file before or after the patch, or elsewhere in the series.
+
+    ## What it does
+    For every lock the added code takes, collects the locks already held
+    on every path to it, in the function and one level (a bounded
+    fixpoint) through callees defined in the same file.  Lock identity
+    follows lockdep classes roughly: global locks by name, struct-field
+    locks by field (`&sk->sk_callback_lock` and `&osk->sk_callback_lock`
+    are one class) and generic fields by struct type (`bucket->lock` with
+    `struct bpf_shtab_bucket *bucket` is `bpf_shtab_bucket.lock`).  An
+    order edge new in the post-image whose reverse exists is reported
+    with both functions named and the other site attached.
+
+    ## Why is this bad?
+    Two paths taking the same two locks in opposite orders deadlock when
+    they run concurrently (ABBA).  The sockhash fixes of 2018 had to
+    restructure `bpf_tcp_close()` because wrapping the hash-list delete in
+    the bucket lock under `sk_callback_lock` inverted the order used by
+    `sock_hash_delete_elem()`.
+
+    ## Example
+        write_lock_bh(&sk->sk_callback_lock);
+        while ((link = sk_psock_link_pop(psock))) {
+                sock_map_unlink(sk, link);    /* takes bucket->lock */
+        ...
+        /* while sock_hash_delete_elem() does */
+        raw_spin_lock_bh(&bucket->lock);
+        sock_map_unref(elem->sk, elem);       /* takes sk_callback_lock */
+
+    ## Use instead
+    Take the locks in the established order, or shorten the outer section
+    so the inner lock is taken after the outer one is released (pop the
+    entry under `sk_callback_lock`, then lock the bucket).
+
+    ## References
+    Documentation/locking/lockdep-design.rst;
+    https://lore.kernel.org/netdev/ (bpf PATCH 3/6 "sockhash fix omitted
+    bucket lock in sock_close", 2018)
+    """
+
+    code = "LCK001"
+    name = "lock-order-inversion"
+    family = "locking"
+    severity = "error"
+    confidence = "high"
+
+    def check_patch(self, ctx: PatchContext):
+        for fv in ctx.c_files():
+            touched = lf.touched_functions(fv)
+            if not touched:
+                continue
+            post = lf.image(fv, "post")
+            names = {fn.name for fn, _ in touched}
+            new = edges(post, names)
+            if not new:
+                continue
+            pre = lf.image(fv, "pre")
+            old = {(e.outer, e.inner, e.func) for e in edges(pre, names)}
+            added_by_fn = {fn.name: added for fn, added in touched}
+            reported = set()
+            for e in new:
+                if (e.outer, e.inner, e.func) in old:
+                    continue
+                if (e.func, e.line) in reported or (e.func, frozenset((e.outer, e.inner))) in reported:
+                    continue
+                other = self._reverse(ctx, fv, post, pre, e)
+                if other is None:
+                    continue
+                where, rev = other
+                reported.add((e.func, e.line))
+                reported.add((e.func, frozenset((e.outer, e.inner))))
+                added = added_by_fn[e.func]
+                line = lf.report_line([e.line, e.outer_line], added, e.line)
+                yield self._finding(fv, e, where, rev, line)
+
+    def _reverse(self, ctx, fv, post, pre, e: Edge):
+        """(path, Edge) of a site taking e.outer while holding e.inner."""
+        def find(info, path, skip_same=False):
+            for r in edges(info):
+                if r.outer == e.inner and r.inner == e.outer:
+                    if skip_same and r.func == e.func and r.line == e.line:
+                        continue
+                    return path, r
+            return None
+        hit = find(pre, fv.path)
+        if hit:
+            return hit
+        for other in ctx.all_patches:
+            for ofv in other.c_files():
+                if other is ctx and ofv is fv:
+                    continue
+                hit = find(lf.image(ofv, "post"), ofv.path)
+                if hit:
+                    return hit
+        return find(post, fv.path, skip_same=True)
+
+    def _finding(self, fv, e: Edge, path: str, r: Edge, line: int):
+        inner = e.inner_expr if not e.via else _cls(e.inner)
+        how = f" (through {e.via}())" if e.via else ""
+        rhow = f" (through {r.via}())" if r.via else ""
+        if r.func == e.func:
+            other = f"elsewhere {r.func}() itself takes {_cls(r.inner)} while holding {_cls(r.outer)}{rhow}"
+        else:
+            other = f"{r.func}() takes {_cls(r.inner)} while holding {_cls(r.outer)}{rhow}"
+        msg = (f"{e.func}() now takes {inner}{how} while holding {e.outer_expr}, but {other}. "
+               f"Can these two paths run concurrently on the same objects? That would be "
+               f"an ABBA deadlock between {_cls(e.outer)} and {_cls(e.inner)}.")
+        generic = any("." in k for k in (e.outer, e.inner))
+        conf = "medium" if (e.via and r.via and generic) else "high"
+        related = [Location(path, r.line, f"{r.func}() takes {_cls(r.inner)} under {_cls(r.outer)} here")]
+        return self.finding(fv.path, line, msg, related=related, confidence=conf)
+
+
+def _cls(key: str) -> str:
+    if "." in key:
+        typ, fld = key.split(".", 1)
+        return f"the {typ} {fld}"
+    return key

@@ -1,0 +1,153 @@
+"""sleep-in-atomic (LCK003): a sleeping call added inside a spinlock/RCU section."""
+from __future__ import annotations
+
+from collections import Counter
+
+from reviewbot.engine import PatchContext, Rule
+from reviewbot.findings import Location
+
+from . import _lockflow as lf
+
+
+class SleepInAtomic(Rule):
+    """Flags a call that can sleep, made while a spinlock or rwlock is
+    held, bottom halves or interrupts are disabled, or inside an RCU
+    read-side section, when the patch introduces the combination.
+
+    ## What it does
+    Walks each function the patch touches and, for every call that can
+    sleep (`mutex_lock*`, `down*`, `msleep`, `usleep_range`, `schedule*`,
+    `wait_event*`, `wait_for_completion*`, `synchronize_rcu`, `lock_sock`,
+    `copy_{from,to}_user`, `vmalloc`, any allocation passed `GFP_KERNEL`,
+    `GFP_USER`, `GFP_NOFS` or `GFP_NOIO`, or a same-file function that
+    does one of these unconditionally), checks which atomic contexts are
+    held on every path to it.  Pairs already present in the pre-image of
+    the function are not reported.  It also catches the other direction:
+    a function the patch makes sleep while a same-file caller calls it
+    under a spinlock.  `GFP_ATOMIC` and `GFP_NOWAIT` are fine.
+
+    ## Why is this bad?
+    Sleeping with a spinlock held or in an RCU read-side section is a bug
+    ("BUG: sleeping function called from invalid context"); it can
+    deadlock or corrupt RCU.  It often hides on paths that rarely sleep
+    (an allocation that only reclaims under memory pressure).
+
+    ## Example
+        raw_spin_lock_bh(&bucket->lock);
+       -elem_new = sock_hash_alloc_elem(htab, key, key_size, hash, sk, elem);
+        ...
+        new = bpf_map_kmalloc_node(&htab->map, htab->elem_size,
+       -			   GFP_ATOMIC | __GFP_NOWARN,
+       +			   GFP_KERNEL,
+
+    ## Use instead
+    Allocate before taking the lock, or use GFP_ATOMIC/GFP_NOWAIT; move
+    mutexes and waits out of the locked section.
+
+    ## References
+    Documentation/locking/locktypes.rst; CONFIG_DEBUG_ATOMIC_SLEEP.
+    """
+
+    code = "LCK003"
+    name = "sleep-in-atomic"
+    family = "locking"
+    severity = "error"
+    confidence = "high"
+
+    def check_patch(self, ctx: PatchContext):
+        for fv in ctx.c_files():
+            touched = lf.touched_functions(fv)
+            if not touched:
+                continue
+            post = lf.image(fv, "post")
+            pre = lf.image(fv, "pre")
+            for fn, added in touched:
+                yield from self._direct(fv, post, pre, fn, added)
+                yield from self._callers(fv, post, pre, fn, added)
+
+    def _sites(self, info, name):
+        fl = lf.flow_of(info, name)
+        out = []
+        if fl is None:
+            return out
+        for c in fl.calls:
+            why = lf.sleeping_call(c.name, c.args)
+            via = None
+            if not why:
+                summ = info.summaries.get(c.name)
+                if summ is None or not summ.sleeps or c.name == name:
+                    continue
+                why, via = f"{c.name}() (which calls {summ.sleeps})", summ
+            held = [h for h in lf.must_held(c.states) if h.kind in lf.ATOMIC_KINDS]
+            if not held:
+                continue
+            h = max(held, key=lambda h: h.line)
+            out.append((c, why, via, h))
+        return out
+
+    def _direct(self, fv, post, pre, fn, added):
+        sites = self._sites(post, fn.name)
+        if not sites:
+            return
+        before = Counter((c.name, h.key) for c, _, _, h in self._sites(pre, fn.name))
+        now = Counter()
+        for c, why, via, h in sites:
+            sig = (c.name, h.key)
+            now[sig] += 1
+            if now[sig] <= before[sig]:
+                continue
+            in_call = lf.span_added(c.node, added)
+            if in_call is None and h.line not in added:
+                continue
+            line = in_call or h.line
+            yield self.finding(fv.path, line, _message(fn.name, why, h),
+                               related=[Location(fv.path, h.line, f"{lf.display(h)} taken here")],
+                               confidence="high" if via is None else "medium")
+
+    def _callers(self, fv, post, pre, fn, added):
+        """The patch makes `fn` sleep; does a caller hold a spinlock?"""
+        summ = post.summaries.get(fn.name)
+        if summ is None or not summ.sleeps:
+            return
+        at = next((ln for ln in range(summ.sleep_line, summ.sleep_end + 1) if ln in added), None)
+        if at is None:
+            return
+        old = pre.summaries.get(fn.name)
+        if old is not None and old.sleeps:
+            return
+        for other in post.functions:
+            if other.name == fn.name:
+                continue
+            fl = lf.flow_of(post, other.name)
+            for c in fl.calls if fl is not None else []:
+                if c.name != fn.name:
+                    continue
+                held = [h for h in lf.must_held(c.states) if h.kind in lf.ATOMIC_KINDS]
+                if not held:
+                    continue
+                h = max(held, key=lambda h: h.line)
+                msg = (f"{summ.sleeps} can sleep, and {other.name}() calls {fn.name}() with "
+                       f"{lf.display(h)} held (taken by {h.call}()). "
+                       + _advice(summ.sleeps, h))
+                yield self.finding(fv.path, at, msg,
+                                   related=[Location(fv.path, c.line, f"{other.name}() calls {fn.name}() here"),
+                                            Location(fv.path, h.line, f"{lf.display(h)} taken here")])
+                return
+
+
+def _advice(why: str, h) -> str:
+    if "GFP_" in why:
+        return "Should this allocation use GFP_ATOMIC (or GFP_NOWAIT), or happen before the lock is taken?"
+    if h.key == "rcu":
+        return "Can this move out of the RCU read-side section?"
+    return "Can this move out of the locked section?"
+
+
+def _message(fname: str, why: str, h) -> str:
+    if h.key == "rcu":
+        where = f"inside the RCU read-side section that {h.call}() opens"
+    elif h.key in lf.PSEUDO:
+        where = f"with {lf.display(h)} (by {h.call}())"
+    else:
+        where = f"with {lf.display(h)} held (taken by {h.call}())"
+    return f"{why} can sleep, but {fname}() calls it {where}. " + _advice(why, h)

@@ -1,0 +1,217 @@
+"""The locking rules (LCK001-LCK005) on real linux-6.1 code, beyond the
+fixture snapshots: series-wide ABBA, trylock/guard/goto handling, and
+pre-existing problems not reported as new."""
+from __future__ import annotations
+
+import pytest
+
+from reviewbot.review import Options, review_mbox
+from support.ktree import KernelSourceMissing, kernel_files, make_series, make_tree
+
+SOCKMAP = "net/core/sock_map.c"
+
+
+@pytest.fixture(scope="module")
+def sockmap_src():
+    try:
+        return kernel_files([SOCKMAP])[SOCKMAP].decode()
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+
+
+def rep(old, new):
+    def edit(text):
+        assert text.count(old) == 1, old
+        return text.replace(old, new)
+    return edit
+
+
+def review(tmp_path, src, patches, code, *, base_edit=None, tree=True):
+    """Review a series of edits to sock_map.c; returns [(patch index, Finding)]."""
+    base = base_edit(src) if base_edit else src
+    make_tree(tmp_path / "tree", {SOCKMAP: base})
+    msgs = make_series(tmp_path / "tree", [(s, {SOCKMAP: e}) for s, e in patches])
+    res = review_mbox(b"".join(msgs), Options(tree=str(tmp_path / "tree") if tree else None,
+                                             only_rules={code}, min_confidence="low"))
+    assert not [n for n in res.notes if "failed" in n], res.notes
+    return [(r.patch.index, f) for r in res.patches for f in r.findings]
+
+
+# -- LCK001 -------------------------------------------------------------------
+
+DEL_LINK_UNLOCK = ("\tspin_unlock_bh(&psock->link_lock);\n"
+                   "\tif (strp_stop || verdict_stop) {\n"
+                   "\t\twrite_lock_bh(&sk->sk_callback_lock);\n")
+LINK_START = ("\twrite_lock_bh(&sk->sk_callback_lock);\n"
+              "\tif (stream_parser && stream_verdict && !psock->saved_data_ready) {\n")
+
+
+def _nest_callback_under_link(text):
+    # patch 1: keep link_lock held while stopping the parsers (link_lock -> sk_callback_lock)
+    text = rep(DEL_LINK_UNLOCK, "\tif (strp_stop || verdict_stop) {\n"
+               "\t\twrite_lock_bh(&sk->sk_callback_lock);\n")(text)
+    return rep("\t\twrite_unlock_bh(&sk->sk_callback_lock);\n\t}\n}\n",
+               "\t\twrite_unlock_bh(&sk->sk_callback_lock);\n\t}\n"
+               "\tspin_unlock_bh(&psock->link_lock);\n}\n")(text)
+
+
+def _link_under_callback(text):
+    # patch 2: look at the links under sk_callback_lock (sk_callback_lock -> link_lock)
+    return rep(LINK_START, "\twrite_lock_bh(&sk->sk_callback_lock);\n"
+               "\tspin_lock_bh(&psock->link_lock);\n"
+               "\tif (list_empty(&psock->link))\n"
+               "\t\tret = -ENOENT;\n"
+               "\tspin_unlock_bh(&psock->link_lock);\n"
+               "\tif (stream_parser && stream_verdict && !psock->saved_data_ready) {\n")(text)
+
+
+def test_abba_across_two_patches_names_both_functions(tmp_path, sockmap_src):
+    got = review(tmp_path, sockmap_src, [
+        ("bpf, sockmap: stop parsers with the link list locked", _nest_callback_under_link),
+        ("bpf, sockmap: check the links under sk_callback_lock", _link_under_callback),
+    ], "LCK001")
+    second = [f for i, f in got if i == 2]
+    assert len(second) == 1, got
+    f = second[0]
+    assert "sock_map_link()" in f.message and "sock_map_del_link()" in f.message
+    assert "link_lock" in f.message and "sk_callback_lock" in f.message
+    assert f.related and f.related[0].path == SOCKMAP
+    # the related site is the nesting patch 1 added in sock_map_del_link()
+    assert "sock_map_del_link()" in f.related[0].message
+
+
+def test_same_order_twice_is_not_an_inversion(tmp_path, sockmap_src):
+    got = review(tmp_path, sockmap_src, [
+        ("bpf, sockmap: stop parsers with the link list locked", _nest_callback_under_link),
+    ], "LCK001")
+    assert got == []
+
+
+# -- LCK002 -------------------------------------------------------------------
+
+UPDATE_LOCKED = "\traw_spin_lock_bh(&stab->lock);\n\tosk = stab->sks[idx];\n"
+
+
+def test_goto_past_the_unlock_is_flagged_and_names_the_goto(tmp_path, sockmap_src):
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: refuse self replace", rep(
+        UPDATE_LOCKED, UPDATE_LOCKED + "\tif (osk == sk) {\n\t\tret = -EEXIST;\n\t\tgoto out_free;\n\t}\n"))],
+        "LCK002")
+    assert len(got) == 1
+    f = got[0][1]
+    assert "goto out_free" in f.message and "sock_map_update_common()" in f.message
+    assert "stab->lock" in f.message
+
+
+def test_goto_to_the_unlock_label_is_fine(tmp_path, sockmap_src):
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: refuse self replace", rep(
+        UPDATE_LOCKED, UPDATE_LOCKED + "\tif (osk == sk) {\n\t\tret = -EEXIST;\n\t\tgoto out_unlock;\n\t}\n"))],
+        "LCK002")
+    assert got == []
+
+
+ADD_LINK = ("\tlink->map = map;\n\tspin_lock_bh(&psock->link_lock);\n"
+            "\tlist_add_tail(&link->list, &psock->link);\n\tspin_unlock_bh(&psock->link_lock);\n")
+
+
+def _add_link_with(lock_line, early):
+    return rep(ADD_LINK, "\tlink->map = map;\n" + lock_line + early
+               + "\tlist_add_tail(&link->list, &psock->link);\n\tspin_unlock_bh(&psock->link_lock);\n")
+
+
+def test_trylock_failure_return_is_not_an_imbalance(tmp_path, sockmap_src):
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: do not spin on the link lock", _add_link_with(
+        "\tif (!spin_trylock_bh(&psock->link_lock))\n\t\treturn;\n", ""))], "LCK002")
+    assert got == []
+
+
+def test_return_in_the_trylock_success_branch_is_flagged(tmp_path, sockmap_src):
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: do not spin on the link lock", _add_link_with(
+        "\tif (!spin_trylock_bh(&psock->link_lock))\n\t\treturn;\n",
+        "\tif (list_empty(&psock->link))\n\t\treturn;\n"))], "LCK002")
+    assert len(got) == 1 and "psock->link_lock" in got[0][1].message
+
+
+def test_guard_needs_no_unlock(tmp_path, sockmap_src):
+    new = ("\tlink->map = map;\n\tguard(spinlock_bh)(&psock->link_lock);\n"
+           "\tif (!psock->sk)\n\t\treturn;\n\tlist_add_tail(&link->list, &psock->link);\n")
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: use guard for the link lock",
+                                          rep(ADD_LINK, new))], "LCK002")
+    assert got == []
+
+
+def test_early_return_with_plain_lock_is_flagged(tmp_path, sockmap_src):
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: skip dead psocks", _add_link_with(
+        "\tspin_lock_bh(&psock->link_lock);\n", "\tif (!psock->sk)\n\t\treturn;\n"))], "LCK002")
+    assert len(got) == 1
+    assert "sock_map_add_link()" in got[0][1].message
+
+
+def test_pre_existing_imbalance_is_not_reported_as_new(tmp_path, sockmap_src):
+    leaky = _add_link_with("\tspin_lock_bh(&psock->link_lock);\n", "\tif (!psock->sk)\n\t\treturn;\n")
+    # the base tree already has the leak; the patch only touches the function
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: comment the link list", rep(
+        "\tlink->link_raw = link_raw;\n", "\t/* new links go last */\n\tlink->link_raw = link_raw;\n"))],
+        "LCK002", base_edit=leaky)
+    assert got == []
+
+
+def test_rcu_section_left_open_is_flagged(tmp_path, sockmap_src):
+    old = "\tpsock = sk_psock(sk);\n\tif (psock) {\n\t\tif (sk->sk_prot->close != sock_map_close) {\n"
+    new = ("\tpsock = sk_psock(sk);\n\tif (psock && sock_flag(sk, SOCK_DEAD))\n\t\treturn ERR_PTR(-EBUSY);\n"
+           + old[len("\tpsock = sk_psock(sk);\n"):])
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: refuse dead sockets", rep(old, new))], "LCK002")
+    assert len(got) == 1
+    assert "rcu_read_unlock()" in got[0][1].message and "sock_map_psock_get_checked()" in got[0][1].message
+
+
+def test_partial_function_without_tree_is_not_judged(tmp_path, sockmap_src):
+    # reviewed without a tree, the hunk shows only part of sock_map_update_common()
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: refuse self replace", rep(
+        UPDATE_LOCKED, UPDATE_LOCKED + "\tif (osk == sk)\n\t\treturn -EEXIST;\n"))], "LCK002", tree=False)
+    assert got == []
+
+
+# -- LCK003 -------------------------------------------------------------------
+
+def test_mutex_under_spinlock_is_flagged_gfp_atomic_is_not(tmp_path, sockmap_src):
+    sleepy = _add_link_with("\tspin_lock_bh(&psock->link_lock);\n", "\tmsleep(1);\n")
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: slow down", sleepy)], "LCK003")
+    assert len(got) == 1 and "msleep()" in got[0][1].message and "psock->link_lock" in got[0][1].message
+    atomic = _add_link_with("\tspin_lock_bh(&psock->link_lock);\n",
+                            "\tlink->link_raw = kmemdup(link_raw, 8, GFP_ATOMIC);\n")
+    assert review(tmp_path / "b", sockmap_src, [("bpf, sockmap: copy", atomic)], "LCK003") == []
+
+
+def test_gfp_kernel_inside_rcu_section_is_flagged(tmp_path, sockmap_src):
+    old = "\trcu_read_lock();\n\tpsock = sk_psock(sk);\n\tif (psock) {\n"
+    new = "\trcu_read_lock();\n\tpsock = sk_psock(sk);\n\tif (psock) {\n\t\tvoid *p = kzalloc(64, GFP_KERNEL);\n\n\t\tkfree(p);\n"
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: scratch", rep(old, new))], "LCK003")
+    assert len(got) == 1
+    assert "GFP_KERNEL" in got[0][1].message and "RCU" in got[0][1].message
+
+
+def test_sleep_already_under_the_lock_is_not_new(tmp_path, sockmap_src):
+    sleepy = _add_link_with("\tspin_lock_bh(&psock->link_lock);\n", "\tmsleep(1);\n")
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: comment", rep(
+        "\tlink->link_raw = link_raw;\n", "\t/* x */\n\tlink->link_raw = link_raw;\n"))],
+        "LCK003", base_edit=sleepy)
+    assert got == []
+
+
+# -- LCK005 -------------------------------------------------------------------
+
+def test_state_check_kept_under_the_lock_is_fine(tmp_path, sockmap_src):
+    old = "\tbh_lock_sock(sk);\n\tif (!sock_map_sk_state_allowed(sk))\n"
+    new = "\tbh_lock_sock(sk);\n\tif (sock_flag(sk, SOCK_DEAD) || !sock_map_sk_state_allowed(sk))\n"
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: refuse dead sockets", rep(old, new))], "LCK005")
+    assert got == []
+
+
+def test_check_then_act_outside_the_lock_is_flagged(tmp_path, sockmap_src):
+    old = "\tlocal_bh_disable();\n\tbh_lock_sock(sk);\n"
+    new = ("\tif (sk->sk_user_data)\n\t\treturn -EBUSY;\n\n\tlocal_bh_disable();\n\tbh_lock_sock(sk);\n"
+           "\tsk->sk_user_data = NULL;\n")
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: refuse sockets with user data", rep(old, new))],
+                 "LCK005")
+    assert len(got) == 1
+    assert "sk->sk_user_data" in got[0][1].message and "sock_map_update_elem()" in got[0][1].message

@@ -34,6 +34,7 @@ from reviewbot.review import Options, review_mbox
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 TARBALL = pathlib.Path("/usr/src/linux-source-6.1.tar.xz")
+NOTES_MARK = "<!-- notes: hand-written below, kept when the bench is re-run -->"
 sys.path.insert(0, str(ROOT / "tests"))
 
 
@@ -185,7 +186,10 @@ def main(argv=None):
         for i, (path, text) in enumerate(tree_sample(args.tree_sample, args.seed, args.tree_dir)):
             t.add("tree-sample", path, file_as_patch(path, text, i))
     text = report(t, rules, args, time.time() - t0)
-    pathlib.Path(args.out).write_text(text)
+    out = pathlib.Path(args.out)
+    if out.exists() and NOTES_MARK in out.read_text():
+        text += "\n" + NOTES_MARK + out.read_text().split(NOTES_MARK, 1)[1]   # hand-written notes survive
+    out.write_text(text)
     print(text[:3000])
 
 

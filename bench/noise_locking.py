@@ -21,8 +21,12 @@ from collections import Counter
 from pathlib import Path
 
 from reviewbot import engine
+from reviewbot.engine import FileView
 from reviewbot.errors import ReviewbotError
 from reviewbot.review import Options, review_mbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rules import _lockflow as lf  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "lists"
 CODES = sorted(r.code for r in engine.discover() if r.family == "locking")
@@ -58,6 +62,7 @@ def main(argv=None) -> int:
     per_rule = Counter()
     patches = 0
     c_patches = 0
+    analysed = 0      # changed functions the hunks show whole (what the rules can judge)
     findings = []
     notes = []
     t0 = time.perf_counter()
@@ -72,20 +77,24 @@ def main(argv=None) -> int:
             patches += 1
             if any(f.is_c for f in r.patch.diff.files):
                 c_patches += 1
+            for fd in r.patch.diff.files:
+                if fd.is_c and not fd.is_deleted:
+                    analysed += len(lf.touched_functions(FileView(fd, None, None)))
             for f in r.findings:
                 per_rule[f.rule] += 1
                 findings.append({"unit": label, "patch": r.patch.subject, **f.to_json()})
         for f in res.series_findings:
             per_rule[f.rule] += 1
             findings.append({"unit": label, "patch": None, **f.to_json()})
-    summary = {"patches": patches, "patches_touching_c": c_patches,
+    summary = {"patches": patches, "patches_touching_c": c_patches, "functions_analysed": analysed,
                "findings": {c: per_rule.get(c, 0) for c in CODES},
                "per_10_patches": round(10 * sum(per_rule.values()) / max(patches, 1), 3),
                "seconds": round(time.perf_counter() - t0, 1), "notes": notes}
     if args.json:
         print(json.dumps({"summary": summary, "findings": findings}, indent=2))
         return 0
-    print(f"{patches} patches ({c_patches} touching C), {summary['seconds']} s")
+    print(f"{patches} patches ({c_patches} touching C), {analysed} changed functions shown whole, "
+          f"{summary['seconds']} s")
     for c in CODES:
         print(f"  {c}: {per_rule.get(c, 0)}")
     print(f"  findings per 10 patches: {summary['per_10_patches']}")

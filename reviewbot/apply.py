@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -44,7 +45,17 @@ class TreeSession:
         self.path = tree
         self.common_dir = self.repo.common_dir
         self.objects = os.path.join(self.common_dir, "objects")
+        self._catfile: subprocess.Popen | None = None
         self.tmp = tempfile.mkdtemp(prefix="reviewbot-apply-")
+        try:
+            self._setup(tree, base)
+        except BaseException:
+            # A tree without commits, or Ctrl-C/SIGTERM right here: the
+            # caller never gets the session, so clean up now.
+            self.close()
+            raise
+
+    def _setup(self, tree: str, base: str | None) -> None:
         self.index = os.path.join(self.tmp, "index")
         self.tmp_objects = os.path.join(self.tmp, "objects")
         os.makedirs(os.path.join(self.tmp_objects, "info"))
@@ -60,9 +71,16 @@ class TreeSession:
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_TERMINAL_PROMPT": "0",
             "LC_ALL": "C",
+            # The user's hooks (post-index-change fires on our scratch
+            # index), fsmonitor and auto-gc are not ours to run.
+            "GIT_CONFIG_COUNT": "3",
+            "GIT_CONFIG_KEY_0": "core.hooksPath", "GIT_CONFIG_VALUE_0": os.devnull,
+            "GIT_CONFIG_KEY_1": "core.fsmonitor", "GIT_CONFIG_VALUE_1": "false",
+            "GIT_CONFIG_KEY_2": "gc.auto", "GIT_CONFIG_VALUE_2": "0",
         })
+        if base is None and not self.has_commit("HEAD"):
+            raise TreeError(f"--tree {tree}: no commits to apply onto (HEAD does not resolve)")
         self.base = self.resolve(base or "HEAD")
-        self._catfile: subprocess.Popen | None = None
         self._current: str | None = None
 
     # -- plumbing --------------------------------------------------------
@@ -156,13 +174,31 @@ class TreeSession:
             except Exception:
                 pass
             self._catfile = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        # A second Ctrl-C/SIGTERM must not cut the removal short: hold
+        # signals until the temporary directory is gone.
+        held = _hold_signals()
+        try:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:
+            _release_signals(held)
 
     def __enter__(self) -> "TreeSession":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _hold_signals():
+    try:
+        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _release_signals(held) -> None:
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _explain(stderr: str) -> str:

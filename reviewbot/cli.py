@@ -141,14 +141,55 @@ def _load_optional(name: str):
         return None
 
 
-for _mod in ("checkcmd", "watchcmd"):
+for _mod in ("checkcmd", "watchcmd", "indexcmd"):
     _m = _load_optional(_mod)
     if _m is not None and hasattr(_m, "register"):
         _m.register(cli)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C so that every `finally`
+    (temporary index and objects, partial output files) runs.  A
+    BaseException, so that no `except Exception` swallows it and click
+    does not turn it into Abort."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _install_signal_handlers() -> dict:
+    seen = {"n": 0}
+
+    def handler(signum, frame):
+        seen["n"] += 1
+        if seen["n"] == 1:
+            raise Interrupted(signum)
+        if seen["n"] >= 3:      # third time: stop waiting for the cleanup
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        # second time: the cleanup of the first is running; let it finish
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):      # not the main thread
+            pass
+    return old
+
+
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
+    old_handlers = _install_signal_handlers()
+    try:
+        return _main(argv)
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+
+
+def _main(argv=None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="reviewbot", standalone_mode=False)
         if isinstance(rv, int) and not isinstance(rv, bool):
@@ -165,6 +206,12 @@ def main(argv=None) -> int:
         click.echo(f"reviewbot: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
+        click.echo("reviewbot: interrupted", err=True)
+        return 130
+    except Interrupted as exc:
+        if exc.signum == signal.SIGTERM:
+            click.echo("reviewbot: terminated", err=True)
+            return 128 + signal.SIGTERM
         click.echo("reviewbot: interrupted", err=True)
         return 130
     except BrokenPipeError:

@@ -6,6 +6,8 @@ list_for_each_entry(...) { } parse as calls or errors, not failures).
 from __future__ import annotations
 
 from dataclasses import dataclass
+import hashlib
+from collections import OrderedDict
 from functools import lru_cache
 
 import tree_sitter
@@ -19,8 +21,24 @@ def _parser() -> tree_sitter.Parser:
     return tree_sitter.Parser(_LANG)
 
 
+_PARSED: "OrderedDict[str, tree_sitter.Tree]" = OrderedDict()
+_PARSE_CACHE = 32
+
+
 def parse(text: str) -> tree_sitter.Tree:
-    return _parser().parse(text.encode("utf-8", errors="replace"))
+    """Parse C text.  The same text gives the same Tree object (a series
+    shows each file's post-image of one patch again as the pre-image of the
+    next), so the per-tree memos below are shared too."""
+    key = hashlib.blake2b(text.encode("utf-8", errors="replace"), digest_size=16).hexdigest()
+    tree = _PARSED.get(key)
+    if tree is not None:
+        _PARSED.move_to_end(key)
+        return tree
+    tree = _parser().parse(text.encode("utf-8", errors="replace"))
+    _PARSED[key] = tree
+    if len(_PARSED) > _PARSE_CACHE:
+        _PARSED.popitem(last=False)
+    return tree
 
 
 def node_text(node: tree_sitter.Node) -> str:
@@ -36,13 +54,79 @@ def end_line_of(node: tree_sitter.Node) -> int:
     return node.end_point[0] + 1
 
 
+_MEMO: "OrderedDict[int, dict]" = OrderedDict()
+_MEMO_SIZE = 48
+
+
+def _memo(node: tree_sitter.Node) -> dict:
+    """Per-tree memo (keyed by the root node, which it keeps alive so that
+    the id cannot be reused while cached)."""
+    root = node
+    while True:
+        parent = root.parent
+        if parent is None:
+            break
+        root = parent
+    m = _MEMO.get(root.id)
+    if m is None or m["root"] != root:
+        m = {"root": root}
+        _MEMO[root.id] = m
+        if len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    else:
+        _MEMO.move_to_end(root.id)
+    return m
+
+
+def _preorder(node: tree_sitter.Node) -> tuple[list, dict]:
+    m = _memo(node)
+    if "pre" not in m:
+        pre = []
+        stack = [m["root"]]
+        while stack:
+            n = stack.pop()
+            pre.append(n)
+            stack.extend(reversed(n.children))
+        m["pre"] = pre
+        m["index"] = {n.id: i for i, n in enumerate(pre)}
+    return m["pre"], m["index"]
+
+
 def walk(node: tree_sitter.Node):
-    """Pre-order walk without recursion limits."""
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(reversed(n.children))
+    """Pre-order walk of node and its descendants.  The first walk of a
+    tree is remembered, so the many rules walking one file pay once."""
+    pre, index = _preorder(node)
+    i = index.get(node.id)
+    if i is None or pre[i] != node:
+        # not from a memoised tree (should not happen): walk directly
+        stack = [node]
+        out = []
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(reversed(n.children))
+        return out
+    return pre[i:i + node.descendant_count]
+
+
+def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node]:
+    """All descendants (and node itself) of one type, in document order."""
+    m = _memo(node)
+    key = ("type", node_type)
+    if key not in m:
+        q = _query(node_type)
+        m[key] = sorted(tree_sitter.QueryCursor(q).captures(m["root"]).get("n", []),
+                        key=lambda n: (n.start_byte, -n.end_byte))
+    allnodes = m[key]
+    if node == m["root"]:
+        return allnodes
+    lo, hi = node.start_byte, node.end_byte
+    return [n for n in allnodes if lo <= n.start_byte and n.end_byte <= hi]
+
+
+@lru_cache(maxsize=64)
+def _query(node_type: str) -> tree_sitter.Query:
+    return tree_sitter.Query(_LANG, f"({node_type}) @n")
 
 
 @dataclass(frozen=True)
@@ -69,12 +153,14 @@ def _declarator_name(node: tree_sitter.Node | None) -> str:
 
 
 def functions(tree: tree_sitter.Tree) -> list[Function]:
-    out = []
-    for n in walk(tree.root_node):
-        if n.type == "function_definition":
+    m = _memo(tree.root_node)
+    if "functions" not in m:
+        out = []
+        for n in query_nodes(tree.root_node, "function_definition"):
             name = _declarator_name(n.child_by_field_name("declarator"))
             out.append(Function(name, line_of(n), end_line_of(n), n))
-    return out
+        m["functions"] = out
+    return list(m["functions"])
 
 
 def function_at(funcs: list[Function], line: int) -> Function | None:
@@ -94,17 +180,21 @@ class Call:
 
 
 def calls(node: tree_sitter.Node) -> list[Call]:
+    m = _memo(node)
+    key = ("calls", node.id)
+    if key in m and m[key][0] == node:
+        return list(m[key][1])
     out = []
-    for n in walk(node):
-        if n.type == "call_expression":
-            fn = n.child_by_field_name("function")
-            argl = n.child_by_field_name("arguments")
-            if fn is None:
-                continue
-            args = tuple(node_text(a) for a in (argl.named_children if argl is not None else [])
-                         if a.type != "comment")
-            out.append(Call(node_text(fn), args, line_of(n), n))
-    return out
+    for n in query_nodes(node, "call_expression"):
+        fn = n.child_by_field_name("function")
+        argl = n.child_by_field_name("arguments")
+        if fn is None:
+            continue
+        args = tuple(node_text(a) for a in (argl.named_children if argl is not None else [])
+                     if a.type != "comment")
+        out.append(Call(node_text(fn), args, line_of(n), n))
+    m[key] = (node, out)
+    return list(out)
 
 
 def preproc_conditionals(tree: tree_sitter.Tree) -> list[tree_sitter.Node]:

@@ -22,6 +22,7 @@ fast; tree-sitter parses at ~3 MB/s, far too slow for 1.2 GB of C.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import multiprocessing
 import os
@@ -31,6 +32,7 @@ import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -163,13 +165,17 @@ def winnow(h: np.ndarray) -> np.ndarray:
     if len(h) <= W:
         return np.array([int(np.argmin(h))])
     view = np.lib.stride_tricks.sliding_window_view(h, W)
-    return np.unique(np.argmin(view, axis=1) + np.arange(len(h) - W + 1))
+    pos = np.argmin(view, axis=1) + np.arange(len(h) - W + 1)
+    keep = np.empty(len(pos), dtype=bool)   # already sorted: positions never decrease
+    keep[0] = True
+    np.not_equal(pos[1:], pos[:-1], out=keep[1:])
+    return pos[keep]
 
 
 def fingerprints(codes: np.ndarray) -> np.ndarray:
     """The set of fingerprints (sorted unique uint32) of one token sequence."""
     h = kgram_hashes(codes)
-    return np.unique(h[winnow(h)])
+    return _sorted_unique(h[winnow(h)])
 
 
 # -- functions in a file ----------------------------------------------------------
@@ -363,8 +369,7 @@ def _index_chunk(entries: list[tuple[int, str, str]]):
         return np.zeros((0, 5), dtype=np.uint32), [], np.zeros(0, dtype=np.uint64)
     keys = batch_fingerprints(codes)
     rows = np.array(rows, dtype=np.uint32)
-    fids, counts = np.unique((keys & np.uint64(0xFFFFFFFF)).astype(np.int64), return_counts=True)
-    rows[fids, 4] = counts
+    rows[:, 4] = np.bincount((keys & np.uint64(0xFFFFFFFF)).astype(np.int64), minlength=len(rows))
     return rows, names, keys
 
 
@@ -382,7 +387,19 @@ def batch_fingerprints(codes: list[np.ndarray]) -> np.ndarray:
     h = np.where(valid, h, np.uint32(0xFFFFFFFF))
     pos = winnow(h)
     pos = pos[valid[pos]]
-    return np.unique((h[pos].astype(np.uint64) << np.uint64(32)) | seq[pos].astype(np.uint64))
+    keys = (h[pos].astype(np.uint64) << np.uint64(32)) | seq[pos].astype(np.uint64)
+    return _sorted_unique(keys)
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique by sorting (numpy's hash-based unique is slow on uint64)."""
+    a = np.sort(a)
+    if len(a) < 2:
+        return a
+    keep = np.empty(len(a), dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
 
 
 def _index_entries(env: dict, entries: list[tuple[int, str, str]], procs: int):
@@ -581,14 +598,18 @@ class DupIndex:
               ) -> list[tuple[Func, int]]:
         """Functions sharing at least MIN_SHARED fingerprints with FPS,
         most shared first."""
-        fps = np.unique(np.asarray(fps, dtype=np.uint32))
+        fps = _sorted_unique(np.asarray(fps, dtype=np.uint32))
         hits = [self.base.lookup(fps, max_postings)]
         if self.delta is not None:
             hits.append(self.delta.lookup(fps, max_postings))
         allh = np.concatenate(hits)
         if not len(allh):
             return []
-        ids, counts = np.unique(allh, return_counts=True)
+        allh = np.sort(allh)
+        edge = np.flatnonzero(np.diff(allh)) + 1
+        starts = np.concatenate(([0], edge))
+        ids = allh[starts]
+        counts = np.diff(np.concatenate((starts, [len(allh)])))
         order = np.argsort(-counts, kind="stable")
         out = []
         for i in order:
@@ -616,6 +637,7 @@ class DupIndex:
     def read_blob(self, blob: str) -> str | None:
         if self._reader is None:
             self._reader = BlobReader(self.env)
+            atexit.register(self.close)
         data = self._reader.read(blob)
         return None if data is None else data.decode("utf-8", errors="replace")
 
@@ -778,8 +800,10 @@ def calls_shared(query: np.ndarray, other: np.ndarray) -> float:
     return sum(1 for c in qc.tolist() if c in oc) / len(qc)
 
 
+@lru_cache(maxsize=128)
 def function_codes(text: str) -> list[tuple[Span, np.ndarray, np.ndarray]]:
-    """(span, token codes, token lines) of every function of TEXT."""
+    """(span, token codes, token lines) of every function of TEXT (cached:
+    treat the result as read-only)."""
     out = []
     for sp in split_functions(text):
         first = text.count("\n", 0, sp.body_off) + 1

@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass
 
 import requests
+import urllib3
 
 from .errors import LoreError, SourceError
 
@@ -122,7 +123,9 @@ def fetch_thread(inbox: str, msgid: str, policy: HttpPolicy) -> bytes:
         raise SourceError(f"Message-ID <{msgid}> not found on {inbox}")
     if resp.status_code != 200:
         raise LoreError(f"{inbox}: HTTP {resp.status_code} for <{msgid}>")
-    body = _bounded_body(resp, MAX_COMPRESSED_BYTES, url)
+    # A server dripping a byte at a time never trips the per-read timeout:
+    # the whole answer must arrive within a bounded time too.
+    body = _bounded_body(resp, MAX_COMPRESSED_BYTES, url, deadline=time.monotonic() + policy.timeout * 10)
     data = gunzip_bounded(body, MAX_THREAD_BYTES, url)
     if not data.lstrip().startswith(b"From "):
         raise LoreError(f"{inbox}: answer for <{msgid}> is not an mbox")
@@ -184,16 +187,25 @@ def _retry_after(value: str | None, policy: HttpPolicy) -> float | None:
     return min(secs, policy.max_wait)
 
 
-def _bounded_body(resp: requests.Response, limit: int, url: str) -> bytes:
+def _bounded_body(resp: requests.Response, limit: int, url: str, deadline: float | None = None) -> bytes:
     chunks = []
     total = 0
+    started = time.monotonic()
     try:
-        for chunk in resp.iter_content(65536):
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise LoreError(f"{_host(url)}: answer still incomplete after "
+                                f"{time.monotonic() - started:.0f}s (server too slow)")
+            # read1: one socket read at a time, so that the deadline is checked
+            # between reads; raw bytes (never urllib3's unbounded decoding).
+            chunk = resp.raw.read1(65536, decode_content=False)
+            if not chunk:
+                break
             total += len(chunk)
             if total > limit:
                 raise LoreError(f"{_host(url)}: answer larger than {limit // (1024 * 1024)} MiB")
             chunks.append(chunk)
-    except requests.RequestException:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
         raise LoreError(f"{_host(url)}: connection broke while reading the answer") from None
     finally:
         resp.close()

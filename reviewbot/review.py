@@ -84,7 +84,8 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
     with timer("assemble"):
         groups, notes = mail.split_mbox(data)
         if not groups:
-            raise ReviewbotError("no mail found in the input")
+            # Say why (a message too large or unparseable), not only that.
+            raise ReviewbotError("no mail found in the input" + (": " + "; ".join(notes) if notes else ""))
         ser = seriesmod.assemble(groups, want_msgid)
     if ser is None:
         notes.append("no patch in this thread: nothing to review")

@@ -272,9 +272,6 @@ class State:
         with self.tx() as db:
             db.execute("DELETE FROM reviews WHERE series_key=? AND state='intent'", (key,))
 
-    def name_taken(self, name: str) -> bool:
-        return self.db.execute("SELECT 1 FROM reviews WHERE name=?", (name,)).fetchone() is not None
-
     def mark_done(self, key: str, lineage: str | None, version: int, message_id: str | None,
                   findings: list[dict], replies: int) -> None:
         now = time.time()

@@ -15,14 +15,12 @@ of [a-z0-9-] only) plus a hash of the series key, never raw mail text.
 """
 from __future__ import annotations
 
-import calendar
 import email.header
 import email.parser
 import email.policy
 import email.utils
 import hashlib
 import json
-import logging
 import os
 import re
 import signal
@@ -35,17 +33,16 @@ from datetime import datetime, timezone
 
 import requests
 
-from . import fetch, mail, outbox, render, review
+from . import fetch
 from .errors import LoreError, ReviewbotError, SourceError
 from .fetch import HttpPolicy
 
-log = logging.getLogger("reviewbot.watch")
 
 BATCH = 200                 # messages per ingest transaction
 PAGE_HINT = 200             # a page of exactly k*200 may mean the server capped it
 STOP_AFTER_SEEN = 50        # consecutive known messages that end a poll
 MAX_ATTEMPTS = 3            # review attempts before a series is marked failed
-MAX_MESSAGE_BYTES = mail.MAX_MESSAGE_BYTES
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024   # as mail.MAX_MESSAGE_BYTES
 MAX_POLL_BYTES = 4 * 1024 * 1024 * 1024   # decompressed bytes read per poll
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _REPLY_RE = re.compile(r"^\s*(re|aw|sv|antw|fw|fwd)\s*(\[\d+\])?\s*:", re.I)
@@ -76,6 +73,7 @@ class WatchOptions:
     state: str
     outbox: str
     since: str                      # YYYYMMDD
+    since_relative: bool = False    # '14d': fixed at a watch's first poll, then kept
     tree: str | None = None
     grace_hours: float = 6.0
     interval: float | None = None   # None: one pass
@@ -98,6 +96,10 @@ def parse_since(text: str) -> str:
         except ValueError:
             pass
     raise ReviewbotError(f"--since {text!r}: expected YYYY-MM-DD, YYYYMMDD or a number of days like 30d")
+
+
+def since_is_relative(text: str) -> bool:
+    return bool(re.fullmatch(r"\d+\s*d(ays?)?", (text or "").strip()))
 
 
 def server_root(lore_url: str) -> str:
@@ -216,6 +218,7 @@ def has_diff(raw: bytes, hdrs) -> bool:
     cte = str(hdrs.get("Content-Transfer-Encoding", "")).lower()
     ctype = str(hdrs.get("Content-Type", "")).lower()
     if "base64" in cte or "quoted-printable" in cte or "multipart" in ctype:
+        from . import mail
         msg = mail.parse_message(raw)
         if msg is not None:
             return bool(_DIFF_RE.search(mail.body_text(msg).encode("utf-8", "replace")))
@@ -375,6 +378,10 @@ def _unescape(part: bytes) -> bytes:
 # the watcher
 # ---------------------------------------------------------------------------
 
+class Interrupted(Exception):
+    """A signal arrived during a poll."""
+
+
 class Stopper:
     """SIGTERM/SIGINT set a flag: the series in hand is finished, then exit."""
 
@@ -426,9 +433,12 @@ class Watcher:
         """Read new messages of one watch into the state.  Raises
         ReviewbotError (one line) when the list fails."""
         prev = self.state.poll_row(t.name)
-        query = t.search(self.opts.since)
+        since = self.opts.since
+        if self.opts.since_relative and prev and prev.get("since"):
+            since = prev["since"]       # '7d' means 7 days before the first poll
+        query = t.search(since)
         early = bool(prev and prev["complete"] and prev["query"] == query and prev["url"] == t.inbox)
-        self.state.poll_started(t.name, t.inbox, query, self.opts.since)
+        self.state.poll_started(t.name, t.inbox, query, since)
         self.state.poll_incomplete(t.name)
         new = 0
         offset = 0
@@ -480,6 +490,11 @@ class Watcher:
             return stop_here
 
         for raw in stream:
+            if self.stop.stopped:       # SIGTERM: keep what was read, leave the poll incomplete
+                if batch:
+                    flush()
+                stream.resp.close()
+                raise Interrupted()
             c = classify(raw, now)
             if c is None:
                 continue
@@ -532,6 +547,7 @@ class Watcher:
     def review_series(self, s) -> bool:
         """Review one series into the outbox.  True when done (or already
         done), False when it failed this time."""
+        from . import outbox, review     # heavy: only when there is work
         name = self.state.record_intent(s.key, self.outbox_name(s))
         json_path = os.path.join(self.opts.outbox, name + ".json")
         mbox_path = os.path.join(self.opts.outbox, name + ".mbox")
@@ -600,6 +616,8 @@ class Watcher:
                 return rep
             try:
                 n = self.poll(t)
+            except Interrupted:
+                return rep
             except ReviewbotError as exc:
                 self.state.poll_finished(t.name, str(exc))
                 rep.failed_lists.append(t.name)
@@ -686,6 +704,7 @@ def _key(f: dict) -> tuple:
 def since_previous(res, prev: dict, reviewer) -> None:
     """Note in the result (and in its first reply) what became of the
     findings of the previous revision."""
+    from . import render
     pv = prev["version"]
     old = {_key(f): f for f in prev["findings"]}
     now = {}

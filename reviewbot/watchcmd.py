@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import sys
 import time
 from datetime import datetime, timezone
 
@@ -24,7 +23,7 @@ def _default_dir() -> str:
 
 
 def _state_path(value: str | None, s) -> str:
-    return value or s.get("state") or os.path.join(_default_dir(), "watch.sqlite")
+    return os.path.expanduser(value or s.get("state") or os.path.join(_default_dir(), "watch.sqlite"))
 
 
 def _echo(text: str) -> None:
@@ -36,6 +35,16 @@ def _when(ts) -> str:
     if not ts:
         return "never"
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def parse_reviewer(text: str | None) -> tuple[str, str]:
+    # as review.parse_reviewer, without importing the review pipeline
+    # (a poll that finds nothing to review stays quick)
+    import email.utils
+    name, addr = email.utils.parseaddr(text or "")
+    if not addr or "@" not in addr:
+        return ("reviewbot", "reviewbot@localhost.invalid")
+    return (name, addr)
 
 
 def register(cli: click.Group) -> None:
@@ -84,7 +93,6 @@ def register(cli: click.Group) -> None:
             return
         from . import watch as w
         from .fetch import HttpPolicy
-        from .review import parse_reviewer
 
         s = _settings(ctx)
         if once and interval is not None:
@@ -108,7 +116,9 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("nothing to watch: give --list NAME or --query Q "
                                    "(or [reviewbot \"watch.NAME\"] sections in git config)")
         state = _state_path(state_path, s)
-        out = outbox or s.get("outbox") or os.path.join(_default_dir(), "outbox")
+        out = os.path.expanduser(outbox or s.get("outbox") or os.path.join(_default_dir(), "outbox"))
+        tree = tree or s.get("tree")
+        tree = os.path.expanduser(tree) if tree else None
         for d in (os.path.dirname(os.path.abspath(state)), out):
             try:
                 os.makedirs(d, exist_ok=True)
@@ -120,7 +130,8 @@ def register(cli: click.Group) -> None:
             state=state,
             outbox=out,
             since=w.parse_since(since or s.get("since") or "7d"),
-            tree=tree or s.get("tree"),
+            since_relative=w.since_is_relative(since or s.get("since") or "7d"),
+            tree=tree,
             grace_hours=grace_hours,
             interval=interval,
             reviewer=parse_reviewer(from_ or s.get("from")),

@@ -57,7 +57,7 @@ class LeftoverOpenCodedCopy(Rule):
         if not helpers:
             return
         finals = _final_images(ctx)
-        new_names = {h[1].name for h in helpers}
+        new_names = {h[1].name for h in helpers} | _new_functions(ctx)
         idx = dx.index_for(ctx.tree_path, ctx.base)
         for path, sp, codes, cov in helpers:
             left = self._leftovers(ctx, path, sp, codes, finals, new_names, idx)
@@ -103,7 +103,7 @@ class LeftoverOpenCodedCopy(Rule):
 
 
 def _copy_of(codes, osp, ocodes, olines, text, call):
-    if len(ocodes) < len(codes) * 0.6:
+    if len(ocodes) < len(codes) * 0.6 or dx.calls_shared(codes, ocodes) < 0.7:
         return None
     lk = dx.likeness(codes, ocodes)
     if lk.coverage < LEFTOVER:
@@ -139,6 +139,18 @@ def _extracted_helpers(ctx):
             lk = dx.likeness(codes, rcodes)
             if lk.coverage >= EXTRACTED:
                 yield fv.path, sp, codes, lk.coverage
+
+
+def _new_functions(ctx) -> set[str]:
+    """Names of the functions this patch adds whole (new code is DUP001's
+    business, not a leftover)."""
+    out = set()
+    for fv in ctx.c_files():
+        added = fv.added_lines
+        if added:
+            out.update(sp.name for sp in dx.split_functions(fv.post_text)
+                       if sp.start in added and sp.end in added)
+    return out
 
 
 def _final_images(ctx) -> dict[str, str]:

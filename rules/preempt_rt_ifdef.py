@@ -9,6 +9,12 @@ from reviewbot.findings import Location
 from reviewbot.rulekit import LOCK_CALLS, is_rt_core
 
 _RT_RE = re.compile(r"\bCONFIG_PREEMPT_RT(?:_FULL|_BASE)?\b")
+# calls that make a block "locking" (irq/preempt/bh disabling alone does not)
+_REAL_LOCKS = {c for c in LOCK_CALLS if not c.startswith(("local_irq", "preempt_", "local_bh_", "rcu_read"))}
+# what a "!RT only" block may hold and still be the accepted RT adaptation idiom
+# (net/core/dev.c rps_lock_irqsave(), net/core/netpoll.c netpoll_send_udp())
+_IDIOM_CALLS = re.compile(r"^(?:WARN_ON\w*|BUG_ON|VM_BUG_ON|lockdep_\w+|irqs_disabled|local_irq_\w+|"
+                          r"preempt_\w+|local_bh_\w+|might_sleep\w*|in_\w+|IS_ENABLED)$")
 
 
 class PreemptRtIfdef(Rule):
@@ -20,7 +26,10 @@ class PreemptRtIfdef(Rule):
     Finds preprocessor conditionals and `IS_ENABLED()` tests on
     CONFIG_PREEMPT_RT that the patch adds in ordinary subsystem code (not
     kernel/locking, kernel/sched, include/linux/*lock* and the like).
-    Confidence is high when the conditional block holds lock calls.
+    Confidence is high when the conditional block holds lock calls, low
+    otherwise.  A `!IS_ENABLED(CONFIG_PREEMPT_RT)` / `#ifndef` block holding
+    only interrupt/preemption disabling or assertions (the RT adaptation
+    idiom of net/core/dev.c and netpoll.c) is not reported.
 
     ## Why is this bad?
     A race that shows up on PREEMPT_RT is usually a race on every kernel,
@@ -65,13 +74,19 @@ class PreemptRtIfdef(Rule):
                 m = _RT_RE.search(cond)
                 if not m:
                     continue
-                locks = [c for c in cparse.calls(node) if c.name in LOCK_CALLS]
+                body_calls = cparse.calls(node)
+                if node.type == "preproc_ifdef" and cond.startswith("#ifndef") and _idiom_only(body_calls):
+                    continue
+                locks = [c for c in body_calls if c.name in _REAL_LOCKS]
                 end = cparse.end_line_of(node)
                 if end > line + 4:
                     end = line
                 sites.append((line, end, bool(locks), m.group(0)))
-            for line, text in _is_enabled_lines(fv, added):
-                sites.append((line, line, any(k in text for k in LOCK_CALLS), _RT_RE.search(text).group(0)))
+            for line, text, negated, body_calls in _is_enabled_lines(fv, added):
+                if negated and _idiom_only(body_calls):
+                    continue
+                sites.append((line, line, any(c.name in _REAL_LOCKS for c in body_calls),
+                              _RT_RE.search(text).group(0)))
             if not sites:
                 continue
             sites.sort()
@@ -87,7 +102,11 @@ class PreemptRtIfdef(Rule):
                 msg += f" Also, {symbol} no longer exists upstream; it is CONFIG_PREEMPT_RT now."
             related = [Location(fv.path, s[0], "another RT-only block") for s in sites if s is not first]
             yield self.finding(fv.path, first[0], msg, related=related[:5], end_line=first[1],
-                               confidence="high" if with_lock else "medium")
+                               confidence="high" if with_lock else "low")
+
+
+def _idiom_only(calls) -> bool:
+    return bool(calls) and all(_IDIOM_CALLS.match(c.name) for c in calls)
 
 
 def _is_enabled_lines(fv, added):
@@ -101,5 +120,9 @@ def _is_enabled_lines(fv, added):
                     parent = n.parent
                     while parent is not None and parent.type not in ("if_statement", "compound_statement"):
                         parent = parent.parent
-                    body = cparse.node_text(parent) if parent is not None and parent.type == "if_statement" else text
-                    yield line, body
+                    is_if = parent is not None and parent.type == "if_statement"
+                    body = cparse.node_text(parent) if is_if else text
+                    calls = cparse.calls(parent) if is_if else []
+                    negated = n.parent is not None and n.parent.type == "unary_expression" and \
+                        cparse.node_text(n.parent).startswith("!")
+                    yield line, body, negated, calls

@@ -127,3 +127,17 @@ def test_open_without_an_index_does_not_build_unless_asked(real, tmp_path):
     base = ktree.make_tree(tree, {"net/core/sock_map.c": real["net/core/sock_map.c"]})
     assert dx.DupIndex.open(str(tree), base, tmp_path / "cache", build=False) is None
     assert not any((tmp_path / "cache").iterdir())
+
+
+def test_index_command_builds_then_reuses(real, tmp_path, monkeypatch, capsys):
+    from reviewbot.cli import main
+    tree = tmp_path / "linux"
+    ktree.make_tree(tree, {"net/core/sock_map.c": real["net/core/sock_map.c"]})
+    monkeypatch.setenv("REVIEWBOT_INDEX_DIR", str(tmp_path / "cache"))
+    assert main(["index", "--tree", str(tree)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"indexed \d+ functions of [0-9a-f]{12} \(full\)", out)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert main(["index", "--tree", str(tree)]) == 0      # cached: nothing new
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert main(["index", "--tree", str(tmp_path / "nope")]) != 0

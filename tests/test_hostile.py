@@ -44,8 +44,8 @@ HOSTILE = HERE / "data" / "hostile"
 TOOLS = HOSTILE / "tools"
 SEEDS = HERE / "data" / "seeds"
 
-TREE_FILES = ["net/xfrm/xfrm_input.c", "net/core/filter.c", "include/linux/filter.h",
-              "kernel/bpf/syscall.c", "net/core/sock_map.c"]
+TREE_FILES = ["net/xfrm/xfrm_input.c", "lib/ucs2_string.c", "include/linux/filter.h",
+              "net/core/sock_map.c"]
 REVIEWER = "Rita Reviewer <rita@example.org>"
 CASE_TIMEOUT = 60          # seconds per input (the 20 MB cases take a few)
 CASE_MEMORY = 3 << 30      # RLIMIT_AS per input (numpy and friends map a lot)
@@ -199,14 +199,14 @@ def mail(subject: str = "[PATCH] net: fix a thing", body: str = "", *, frm: str 
 
 
 SIMPLE_DIFF = """\
-diff --git a/net/core/filter.c b/net/core/filter.c
---- a/net/core/filter.c
-+++ b/net/core/filter.c
+diff --git a/lib/ucs2_string.c b/lib/ucs2_string.c
+--- a/lib/ucs2_string.c
++++ b/lib/ucs2_string.c
 @@ -1,3 +1,4 @@
- // SPDX-License-Identifier: GPL-2.0-or-later
+ // SPDX-License-Identifier: GPL-2.0
 +/* hello */
- /*
-  * Linux Socket Filter - Kernel level socket filtering
+ #include <linux/ucs2_string.h>
+ #include <linux/module.h>
 """
 
 COMMIT = "Fix a thing.\n\nSigned-off-by: A U Thor <author@example.org>\n---\n"
@@ -269,7 +269,7 @@ def generated_cases(dest: Path, tree: Path) -> dict[str, Path]:
     cases["hunk-only-headers"] = mail(body=COMMIT + "diff --git a/x b/x\n--- a/x\n+++ b/x\n" + "@@ -1 +1 @@\n" * 5000)
     cases["hunk-no-file-header"] = mail(body=COMMIT + "@@ -1,2 +1,2 @@\n-a\n+b\n c\n")
     cases["many-files"] = mail(body=COMMIT + "".join(
-        f"diff --git a/f{i}.c b/f{i}.c\n--- a/f{i}.c\n+++ b/f{i}.c\n@@ -1 +1 @@\n-a\n+b\n" for i in range(20000)))
+        f"diff --git a/f{i}.c b/f{i}.c\n--- a/f{i}.c\n+++ b/f{i}.c\n@@ -1 +1 @@\n-a\n+b\n" for i in range(2000)))
     cases["binary-diff-literal"] = mail(body=COMMIT + (
         "diff --git a/fw.bin b/fw.bin\nnew file mode 100644\nindex 0000000..1111111\n"
         "GIT binary patch\nliteral 12\nTcmZ?wbmnj@Kn4H+0Dk%S)Bpeg\n\nliteral 0\nHcmV?d00001\n\n"))
@@ -279,8 +279,8 @@ def generated_cases(dest: Path, tree: Path) -> dict[str, Path]:
     cases["binary-files-differ"] = mail(body=COMMIT + (
         "diff --git a/fw.bin b/fw.bin\nindex 1111111..2222222 100644\nBinary files a/fw.bin and b/fw.bin differ\n"))
     cases["rename-and-mode"] = mail(body=COMMIT + (
-        "diff --git a/net/core/filter.c b/net/core/filter2.c\nold mode 100644\nnew mode 100755\n"
-        "similarity index 100%\nrename from net/core/filter.c\nrename to net/core/filter2.c\n"))
+        "diff --git a/lib/ucs2_string.c b/lib/ucs2_string2.c\nold mode 100644\nnew mode 100755\n"
+        "similarity index 100%\nrename from lib/ucs2_string.c\nrename to lib/ucs2_string2.c\n"))
     cases["mode-only"] = mail(body=COMMIT + (
         "diff --git a/include/linux/filter.h b/include/linux/filter.h\nold mode 100644\nnew mode 100755\n"))
     cases["symlink-to-etc"] = mail(body=COMMIT + (
@@ -299,8 +299,8 @@ def generated_cases(dest: Path, tree: Path) -> dict[str, Path]:
     cases["path-plain-dotdot"] = mail(body=COMMIT + (
         "--- ../../etc/passwd\n+++ /etc/passwd\n@@ -1 +1 @@\n-root:x:0:0::/root:/bin/bash\n+root::0:0::/:/bin/sh\n"))
     cases["rename-to-dotdot"] = mail(body=COMMIT + (
-        "diff --git a/net/core/filter.c b/../filter.c\nsimilarity index 100%\n"
-        "rename from net/core/filter.c\nrename to ../filter.c\n"))
+        "diff --git a/lib/ucs2_string.c b/../ucs2_string.c\nsimilarity index 100%\n"
+        "rename from lib/ucs2_string.c\nrename to ../ucs2_string.c\n"))
     # shell and jinja syntax everywhere a user sees it
     rt = rt_patch(tree)
     cases["rt-plain"] = rt
@@ -407,7 +407,8 @@ def tree_state(tree: Path) -> dict:
         return subprocess.run(["git", "--no-optional-locks", *args], cwd=tree, capture_output=True,
                               env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull}).stdout
     h = hashlib.sha256()
-    gitdir = tree / ".git"
+    gitdir = Path(g("rev-parse", "--absolute-git-dir").decode().strip())
+    common = Path(g("rev-parse", "--path-format=absolute", "--git-common-dir").decode().strip())
     for p in sorted(tree.rglob("*")):
         rel = p.relative_to(tree)
         if rel.parts[0] == ".git" and len(rel.parts) > 1 and rel.parts[1] == "objects":
@@ -417,13 +418,13 @@ def tree_state(tree: Path) -> dict:
             h.update(b"L" + os.readlink(p).encode())
         elif p.is_file():
             h.update(p.read_bytes())
-    objects = sorted(str(p.relative_to(gitdir)) for p in (gitdir / "objects").rglob("*"))
+    objects = sorted(str(p.relative_to(common)) for p in (common / "objects").rglob("*"))
     return {
         "status": g("status", "--porcelain", "--ignored"),
         "stash": g("stash", "list"),
         "worktrees": g("worktree", "list", "--porcelain"),
         "refs": g("for-each-ref"),
-        "index": (gitdir / "index").read_bytes(),
+        "index": (gitdir / "index").read_bytes() if (gitdir / "index").exists() else None,
         "files": h.hexdigest(),
         "objects": objects,
     }

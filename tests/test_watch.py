@@ -37,9 +37,10 @@ def _date_of(raw: bytes) -> str:
         return "0"
 
 
-def dccp_slice(since: str = "20240601") -> list[bytes]:
-    """Real dccp list mail from *since* on (103 messages, 6 series to review
-    after superseded revisions; SK_LOOKUP, from 2020, is not in it)."""
+def dccp_slice(since: str = "20240901") -> list[bytes]:
+    """Real dccp list mail from *since* on (48 messages, 4 series to review,
+    one of them after superseding older revisions; SK_LOOKUP, from 2020, is
+    not in it).  The whole archive works too, it is just slower to index."""
     return [m for m in split_mbox((DATA / "lists" / "dccp.mbox").read_bytes()) if _date_of(m) >= since]
 
 
@@ -139,7 +140,7 @@ def test_list_fed_in_steps_then_sk_lookup_v1_and_v2(lore_factory, tmp_path):
 
     w.run()
     first = w.reviews()
-    assert len(first) >= 5
+    assert len(first) >= 3
     ids = [r["series"]["message_id"] for r in first.values()]
     assert len(ids) == len(set(ids)), "a series was reviewed twice"
     assert all(NAME_RE.match(n) for n in first)
@@ -247,11 +248,10 @@ def test_new_revision_says_which_findings_are_gone(lore_factory, tmp_path):
 
 def test_incomplete_series_waits_for_grace_or_its_last_patch(lore_factory, tmp_path):
     now = time.time()
-    v1 = split_mbox(SK_V1.read_bytes())
-    v2 = split_mbox(SK_V2.read_bytes())
-    patch_of = lambda raw, n: re.search(rb"^Subject: \[PATCH bpf-next (v2 )?%02d/17\]" % n, raw, re.M)  # noqa: E731
-    v1_no17 = [redate(m, now - 600) for m in v1 if not patch_of(m, 17)]
-    hostile = redate(b"""From: Mallory <mallory@example.invalid>
+    sockhash = split_mbox((DATA / "seeds" / "seed002.mbox").read_bytes())   # [bpf PATCH 0/6] + replies
+    sk_v1 = split_mbox(SK_V1.read_bytes())
+    subj = lambda raw: re.search(rb"^Subject: (.*)$", raw, re.M).group(1)     # noqa: E731
+    hostile = b"""From: Mallory <mallory@example.invalid>
 Message-ID: <hostile-1@example.invalid>
 Subject: [PATCH] ../../../tmp/$(touch pwned)/..\\x1b[31m;rm -rf ~
 Date: x
@@ -266,9 +266,11 @@ diff --git a/net/dccp/proto.c b/net/dccp/proto.c
 -b
 +c
  d
-""", now - 60)
+"""
     srv = lore_factory()
-    srv.add_inbox("netdev", v1_no17 + [hostile])
+    # sockhash 6/6 never arrives; its newest part is ten minutes old
+    srv.add_inbox("netdev", [redate(m, now - 600) for m in sockhash if b"PATCH 6/6]" not in subj(m)]
+                  + [redate(hostile, now - 60)])
     w = Watch(tmp_path, srv.url, lists=("netdev",))
 
     p = w.run(grace="6")
@@ -278,53 +280,55 @@ diff --git a/net/dccp/proto.c b/net/dccp/proto.c
     assert NAME_RE.match(names[0]) and names[0].startswith("tmp-touch-pwned-x1b-31m-rm-rf-v1-")
     assert {p.name for p in tmp_path.rglob("*pwned*")} == {names[0] + ".json"}
     pending, = w.status()["pending"]
-    assert pending["total"] == 17 and pending["missing"] == [17] and pending["cover"]
+    assert pending["total"] == 6 and pending["missing"] == [6] and pending["cover"]
 
     # Ten minutes after its newest part, a 0.1h grace has passed.
     w.run(grace="0.1")
     (name, res), = new_entries({names[0]: None}, w.reviews()).items()
-    assert res["series"]["version"] == 1 and len(res["patches"]) == 16
-    assert any("17/17" in n and "missing" in n for n in res["notes"])
+    assert res["series"]["subject"] == "BPF fixes for sockhash" and len(res["patches"]) == 5
+    assert any("6/6" in n and "missing" in n for n in res["notes"])
     assert w.status()["pending"] == []
 
-    # v2 arrives without patch 5: it waits; when 5 comes it is reviewed at
-    # once, long before the grace period is over.
+    # SK_LOOKUP arrives without patch 5 (sent just now): it waits; when 5
+    # comes it is reviewed at once, long before the grace period is over.
+    is5 = lambda m: b"05/17]" in subj(m)      # noqa: E731
     before = w.reviews()
-    srv.add_inbox("netdev", [redate(m, now) for m in v2 if not patch_of(m, 5)])
+    srv.add_inbox("netdev", [redate(m, now) for m in sk_v1 if not is5(m)])
     w.run(grace="6")
     assert w.reviews() == before
     assert w.status()["pending"][0]["missing"] == [5]
-    srv.add_inbox("netdev", [redate(m, now) for m in v2 if patch_of(m, 5)])
+    srv.add_inbox("netdev", [redate(m, now) for m in sk_v1 if is5(m)])
     w.run(grace="6")
     (name, res), = new_entries(before, w.reviews()).items()
-    assert res["series"]["version"] == 2 and len(res["patches"]) == 17
+    assert res["series"]["version"] == 1 and len(res["patches"]) == 17
     assert not any("missing" in n for n in res["notes"])
-    assert any(n.startswith("since v1") for n in res["notes"])
 
 
 def test_failing_list_does_not_stop_the_others(dccp_lore, tmp_path):
     # watches from git config sections, as a cron job would have them
     cfg = ('[reviewbot "watch.gone"]\n\tlist = no-such-list\n'
            '[reviewbot "watch.dccp"]\n\tlist = dccp\n'
-           '[reviewbot "watch.bad-query"]\n\tquery = "(unbalanced"\n'
+           '[reviewbot "watch.ipv4"]\n\tquery = dfn:net/dccp/ipv4.c\n'   # over /all/
+           '[reviewbot "watch.bad-query"]\n\tquery = "("\n'
            '[reviewbot]\n\tretries = 0\n')   # the server answers 500 to a bad query: no backoff here
     w = Watch(tmp_path, dccp_lore.url, lists=(), gitconfig=cfg)
     p = w.run(expect=1)
     errors = [ln for ln in p.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 2 and any("gone:" in e and "no-such-list" in e for e in errors)
-    assert any("bad-query:" in e for e in errors)
-    assert len(w.reviews()) >= 5
+    assert any("bad-query:" in e and "HTTP 500" in e for e in errors)
+    assert len(w.reviews()) >= 3
     lists = {r["watch"]: r for r in w.status()["lists"]}
     assert lists["dccp"]["last_error"] is None and lists["dccp"]["last_ok"]
     assert "no such inbox" in lists["gone"]["last_error"]
+    # the query watch saw patches the list watch saw too: reviewed once
+    assert lists["ipv4"]["last_error"] is None and 0 < lists["ipv4"]["messages"] < lists["dccp"]["messages"]
+    ids = [r["series"]["message_id"] for r in w.reviews().values()]
+    assert len(ids) == len(set(ids))
     text = subprocess.run(cmd("watch", "status", "--state", str(w.state)), capture_output=True, text=True,
                           env=w.env, timeout=60).stdout
     assert "gone: last poll" in text and "error: " in text and "reviewed" in text
 
-
-def test_bad_input_is_one_line_and_leaves_state_alone(dccp_lore, tmp_path):
-    w = Watch(tmp_path, dccp_lore.url)
-    w.run()
+    # Bad input: one line on stderr, no traceback, state and outbox untouched.
     stamp, size = w.inodes(), w.state.stat().st_size
     for extra, what in ((["--since", "last tuesday"], "--since"),
                         (["--list", "../etc"], "not a list name"),
@@ -345,7 +349,7 @@ def test_kill_9_at_random_moments_leaves_one_review_per_series(dccp_lore, tmp_pa
     ref = Watch(tmp_path / "ref", dccp_lore.url)
     ref.run()
     expected = set(ref.reviews())
-    assert len(expected) >= 5
+    assert len(expected) >= 3
 
     w = Watch(tmp_path / "killed", dccp_lore.url)
     rng = random.Random(int(os.environ.get("REVIEWBOT_KILL_SEED", "1234")))
@@ -354,7 +358,7 @@ def test_kill_9_at_random_moments_leaves_one_review_per_series(dccp_lore, tmp_pa
     for _ in range(5):
         proc = subprocess.Popen(w.args("--once"), env=w.env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.3, 3.0))
+        time.sleep(rng.uniform(0.2, 2.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -365,7 +369,7 @@ def test_kill_9_at_random_moments_leaves_one_review_per_series(dccp_lore, tmp_pa
         for name, ino in kept.items():
             assert now.get(name) == ino, f"{name} rewritten after a crash"
         kept.update(now)
-    assert kills >= 3
+    assert kills >= 2
     w.run()
     got = w.reviews()
     assert set(got) == expected
@@ -400,7 +404,7 @@ def test_sigterm_finishes_the_series_in_hand_and_exits(dccp_lore, tmp_path):
     stamp = w.inodes()
     w.run()
     assert all(w.inodes()[n] == s for n, s in stamp.items())
-    assert len(w.reviews()) >= 5
+    assert len(w.reviews()) >= 3
     # a second watcher on the same state while one runs is refused
     proc = subprocess.Popen(w.args("--interval", "30"), env=w.env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-__all__ = ['TARBALL', 'TOPDIR', 'cache_root', 'kernel_files', 'make_tree', 'make_patch',
+__all__ = ['TARBALL', 'TOPDIR', 'cache_root', 'kernel_files', 'make_tree', 'make_patch', 'git_env',
            'make_series', 'clone_tree', 'git', 'build_full_tree', 'KernelSourceMissing']
 
 TARBALL = Path('/usr/src/linux-source-6.1.tar.xz')

@@ -25,6 +25,8 @@ public-inbox configuration can neither leak in nor be touched.
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import email.message
 import email.parser
 import email.policy
@@ -138,6 +140,30 @@ def _clean_env(home: Path) -> dict[str, str]:
     env.pop('XDG_DATA_HOME', None)
     env.pop('XDG_CACHE_HOME', None)
     return env
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# Message-IDs safe to look up by URL and m:"..." search when checking that
+# the server sees new mail (hostile test mail may carry any other kind)
+_PLAIN_MID = re.compile(r'[A-Za-z0-9][A-Za-z0-9.!#$%&\'*+/=?^_`{|}~-]*@[A-Za-z0-9.\[\]:_-]+')
+
+
+_RUNNING: 'set[LoreServer]' = set()  # started and not yet stopped
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Safety net: no httpd outlives the Python process that started it."""
+    for server in list(_RUNNING):
+        server.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent (test run) dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 def _free_port(host: str) -> int:
@@ -331,22 +357,25 @@ class LoreServer:
     def _refresh(self, name: str, mids: list[str], timeout: float = 10.0) -> None:
         """Make a running httpd serve what was just indexed.
 
-        Thread and raw fetches see new messages at once (SQLite), but each
+        Thread and raw fetches see new messages at once (SQLite), but a
         worker keeps its Xapian handles (search, ``x=m`` queries) and its
-        inbox list (a new inbox 404s) until they are reopened, so send
-        SIGHUP: the master respawns its workers, keeping the listening
-        socket.  Then wait until the newest message is found by raw fetch
-        at /all/ and /NAME/ and by search; restart as a last resort.
+        inbox list (a new inbox 404s) until told to refresh: SIGHUP to the
+        master, which passes it on (same processes, same socket).  Then
+        wait until the newest plain Message-ID is found by raw fetch at
+        /all/ and /NAME/ and by search; restart the server as a last resort.
         """
         if not self.running:
             return
         os.kill(self._proc.pid, signal.SIGHUP)
-        if self._await_visible(name, mids, timeout):
+        plain = [m for m in mids if _PLAIN_MID.fullmatch(m)]
+        if not plain:
+            time.sleep(0.2)  # nothing to look up: give the refresh a moment
+        if self._await_visible(name, plain[-1:], timeout):
             return
         self.restart()
-        if not self._await_visible(name, mids, timeout):
+        if not self._await_visible(name, plain[-1:], timeout):
             raise LoreServerError(
-                f'{mids[-1] if mids else name} not served after reindex and restart:\n'
+                f'{plain[-1] if plain else name} not served after reindex and restart:\n'
                 + self.log_tail())
 
     def _await_visible(self, name: str, mids: list[str], timeout: float) -> bool:
@@ -367,8 +396,9 @@ class LoreServer:
 
     @staticmethod
     def _status(url: str) -> int | None:
+        """HTTP status of GET url (None: no answer); never via a proxy."""
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
+            with _OPENER.open(url, timeout=5) as r:
                 r.read()
                 return r.status
         except urllib.error.HTTPError as e:
@@ -405,9 +435,11 @@ class LoreServer:
             self._proc = subprocess.Popen(
                 ['public-inbox-httpd', '-l', f'http://{self.host}:{port}'],
                 env=self.env, cwd=str(self.workdir), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, start_new_session=True)
+                stdout=log, stderr=log, start_new_session=True,
+                preexec_fn=_die_with_parent)
         finally:
             log.close()
+        _RUNNING.add(self)
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self._proc.poll() is not None:
@@ -432,6 +464,7 @@ class LoreServer:
     def stop(self) -> None:
         """Terminate the httpd process group (master and workers)."""
         proc, self._proc = self._proc, None
+        _RUNNING.discard(self)
         if proc is None:
             return
         if proc.poll() is None:
@@ -475,9 +508,13 @@ class LoreServer:
 # a cached, read-only server for a whole test session
 # ---------------------------------------------------------------------------
 
+# bump when a change here changes what an inbox build contains
+_BUILD_FORMAT = 1
+
+
 def _fingerprint(spec: Mapping[str, Sequence[MessageSource]]) -> str:
-    """Hash of the inputs, this module and the installed public-inbox."""
-    h = hashlib.sha256(Path(__file__).read_bytes())
+    """Hash of the inputs, _BUILD_FORMAT and the installed public-inbox."""
+    h = hashlib.sha256(f'format {_BUILD_FORMAT}'.encode())
     exe = shutil.which('public-inbox-index')
     if exe:
         st = os.stat(exe)
@@ -489,31 +526,53 @@ def _fingerprint(spec: Mapping[str, Sequence[MessageSource]]) -> str:
     return h.hexdigest()[:16]
 
 
+def _prune(cache_dir: Path, name: str, max_age: float = 6 * 3600) -> None:
+    """Remove other builds of ``name`` (and of the unnamed early format)
+    made more than ``max_age`` seconds ago: a running test session may
+    still serve a recent one, and public-inbox cannot lose its files."""
+    now = time.time()
+    for old in cache_dir.iterdir():
+        if not (old.is_dir() and (old.name.startswith(f'lore-{name}-')
+                                  or re.fullmatch(r'lore-[0-9a-f]{16}', old.name))):
+            continue
+        stamp = old / 'complete'
+        try:
+            age = now - (stamp if stamp.exists() else old).stat().st_mtime
+        except OSError:
+            continue
+        if age > max_age:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def prebuilt_server(spec: Mapping[str, Sequence[MessageSource]], cache_dir: Path,
-                    *, log_path: Path | None = None) -> LoreServer:
+                    *, name: str = 'session', log_path: Path | None = None) -> LoreServer:
     """A read-only, not yet started LoreServer over inboxes ``spec`` builds.
 
-    The inboxes are built once (``add_inbox(name, sources)`` for each item,
-    in order) under ``cache_dir/lore-<hash of inputs>/`` and reused while
-    the inputs, this module and public-inbox stay the same: indexing a
-    whole list archive takes seconds, starting a server on it ~0.3 s.
-    Older ``lore-*`` builds are removed.  public-inbox keys inboxes by
-    absolute path, which is why the build is served in place rather than
-    copied.  The server is read-only (``add_inbox`` raises) since other
-    sessions may serve the same directory at the same time.
+    The inboxes are built once (``add_inbox(inbox, sources)`` for each
+    item, in order) under ``cache_dir/lore-NAME-<hash of inputs>/`` and
+    reused while the inputs, ``_BUILD_FORMAT`` and public-inbox stay the
+    same: indexing a whole list archive takes seconds, starting a server
+    on it ~0.3 s.  Other builds of the same ``name`` are removed once 6
+    hours old.  public-inbox keys inboxes by absolute path, which is why
+    the build is served in place rather than copied.  The server is
+    read-only (``add_inbox`` raises) since other sessions may serve the
+    same directory at the same time.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = _fingerprint(spec)
-    workdir = cache_dir / f'lore-{key}'
+    if not re.fullmatch(r'[A-Za-z0-9_]+', name):
+        raise ValueError(f'bad build name {name!r}')
+    workdir = cache_dir / f'lore-{name}-{key}'
     stamp = workdir / 'complete'
-    with open(cache_dir / 'lore.lock', 'a') as lock:
+    with open(cache_dir / f'lore-{name}.lock', 'a') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not stamp.is_file():
-            for old in cache_dir.glob('lore-*'):
-                shutil.rmtree(old, ignore_errors=True)
+            _prune(cache_dir, name)
+            if workdir.exists():
+                shutil.rmtree(workdir)  # a build that did not finish
             builder = LoreServer(workdir)
-            for name, sources in spec.items():
-                builder.add_inbox(name, sources)
+            for inbox, sources in spec.items():
+                builder.add_inbox(inbox, sources)
             stamp.write_text(key + '\n')
     return LoreServer(workdir, read_only=True, log_path=log_path)

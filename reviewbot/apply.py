@@ -9,6 +9,7 @@ directory that is removed on exit, Ctrl-C included.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -46,8 +47,20 @@ class TreeSession:
         self.common_dir = self.repo.common_dir
         self.objects = os.path.join(self.common_dir, "objects")
         self._catfile: subprocess.Popen | None = None
-        self.tmp = tempfile.mkdtemp(prefix="reviewbot-apply-")
+        # Ctrl-C/SIGTERM between mkdtemp's mkdir and the assignment would
+        # leave the directory behind unrecorded: hold signals across it.
+        held = _hold_signals()
         try:
+            self.tmp = tempfile.mkdtemp(prefix="reviewbot-apply-")
+        except OSError as exc:
+            _release_signals(held)
+            raise TreeError(f"cannot create a temporary directory: {exc.strerror}") from None
+        except BaseException:
+            _release_signals(held)
+            raise
+        _LIVE.add(self)
+        try:
+            _release_signals(held)
             self._setup(tree, base)
         except BaseException:
             # A tree without commits, or Ctrl-C/SIGTERM right here: the
@@ -179,6 +192,7 @@ class TreeSession:
         held = _hold_signals()
         try:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            _LIVE.discard(self)
         finally:
             _release_signals(held)
 
@@ -187,6 +201,18 @@ class TreeSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Sessions not yet closed.  A signal landing between TreeSession() returning
+# and the caller storing it would skip the caller's `finally`: close what is
+# left at exit.
+_LIVE: set = set()
+
+
+@atexit.register
+def _close_all() -> None:
+    for session in list(_LIVE):
+        session.close()
 
 
 def _hold_signals():

@@ -196,7 +196,7 @@ def _quoted_lines(body: str) -> set[str]:
 
 
 def _not_already_raised(ser, patch, found: list[Finding]) -> tuple[list[Finding], list[str]]:
-    replies = [r for r in ser.replies if r.in_reply_to == patch.msgid]
+    replies = [r for r in ser.replies if r.in_reply_to == patch.msgid or patch.msgid in r.references]
     if not replies or not found:
         return found, []
     kept, notes = [], []

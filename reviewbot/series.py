@@ -53,6 +53,7 @@ class Reply:
     in_reply_to: str | None
     author: tuple[str, str]
     body: str
+    references: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -175,7 +176,8 @@ def assemble(groups: list[Copies], want_msgid: str | None = None) -> Series | No
     series_ids = {p.msgid for p in patches} | ({cover.msgid} if cover else set())
     replies = []
     for f in lmbx.followups:
-        replies.append(Reply(f.msgid, f.in_reply_to, (f.fromname, f.fromemail), mail.body_text(f.msg)))
+        replies.append(Reply(f.msgid, f.in_reply_to, (f.fromname, f.fromemail), mail.body_text(f.msg),
+                             mail.references(f.msg)))
     subject = cover.subject if cover else (patches[0].subject if patches else "")
     return Series(
         subject=subject,

@@ -302,3 +302,33 @@ def test_mbox_out_directory_one_file_per_reply(tmp_path):
     files = sorted(d.iterdir())
     assert [f.name for f in files] == ["0001-reply-0001.mbox"]
     assert files[0].read_bytes().startswith(b"From ")
+
+
+def test_finding_already_raised_by_a_human_is_not_repeated(tmp_path):
+    patch = (DATA / "seeds/seed004.mbox").read_bytes().split(b"\nFrom mboxrd@z")[0] + b"\n"
+    reply = b"""From mboxrd@z Thu Jan  1 00:00:00 1970
+From: Sebastian Andrzej Siewior <bigeasy@linutronix.de>
+To: Tom Rix <trix@redhat.com>
+Subject: Re: [PATCH v2 1/1] xfrm : lock input tasklet skb queue
+Date: Wed, 23 Oct 2019 09:00:00 +0200
+Message-ID: <human-reply@fixtures.invalid>
+In-Reply-To: <seed004.0.f0c0e0fcc876@fixtures.invalid>
+References: <seed004.0.f0c0e0fcc876@fixtures.invalid>
+
+On 2019-10-23 00:22:00 [+0000], Tom Rix wrote:
+> +#ifdef CONFIG_PREEMPT_RT_FULL
+> +    spin_lock_irqsave(&trans->queue.lock, flags);
+> +#endif
+
+Please fix PREEMPT_RT_FULL instead of sprinkling ifdefs.
+
+Sebastian
+"""
+    (tmp_path / "t.mbox").write_bytes(patch + reply)
+    out = review_json(str(tmp_path / "t.mbox"), "--rule", "RT001")
+    assert out["replies"] == []
+    assert out["patches"][0]["findings"] == []
+    assert any("not repeated" in n and "Sebastian" in n for n in out["patches"][0]["notes"])
+    # without the human reply, the same finding is drafted
+    (tmp_path / "p.mbox").write_bytes(patch)
+    assert len(review_json(str(tmp_path / "p.mbox"), "--rule", "RT001")["replies"]) == 1

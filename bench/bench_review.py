@@ -80,7 +80,7 @@ def setup_tree() -> tuple[Path, str, list[Path], list[Path]]:
         if not (tree / ".git").exists():
             CACHE.mkdir(parents=True, exist_ok=True)
             t0 = time.time()
-            git(CACHE, "clone", "-q", "--shared", str(full), str(tree))
+            git(CACHE, "clone", "-q", str(full), str(tree))   # hardlinked objects: independent of the test cache
             print(f"clone + checkout of the full tree: {time.time() - t0:.1f}s", file=sys.stderr)
         git(tree, "reset", "-q", "--hard", orig)
         originals = {}

@@ -96,7 +96,7 @@ def full_kernel_tree() -> tuple[Path, str]:
 
     Built once into ~/.cache/reviewbot-tests/linux-6.1-git (45 s on an idle
     2-CPU machine, minutes under load; 78,635 files, 1.5 GB + 0.5 GB .git);
-    later sessions only check it (~0.02 s).  Treat it as the
+    later sessions only check it is clean (~0.3 s idle).  Treat it as the
     user's read-only checkout: clone it (``ktree.clone_tree``) or use a
     temporary index to change anything.  Skipped if the tarball is missing.
     """

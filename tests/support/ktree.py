@@ -323,9 +323,10 @@ def build_full_tree(dest: Path | str | None = None, *, tarball: Path = TARBALL) 
 
     Built once under ``cache_root()/linux-6.1-git`` (in a temporary
     directory renamed into place, under a lock); later calls only check
-    it.  If its HEAD moved (a test committed into it), it is reset to the
-    recorded base; callers must otherwise treat it as read-only and clone
-    it (``clone_tree``) or use worktrees elsewhere to change things.
+    it: if HEAD moved or files changed (a test wrote into it), branch
+    ``master`` is forced back to the recorded base and untracked files are
+    cleaned.  Callers should treat it as read-only and clone it
+    (``clone_tree``) or use a temporary index to change things.
     """
     dest = Path(dest) if dest else cache_root() / 'linux-6.1-git'
     stamp = dest / '.git' / 'reviewbot-base'
@@ -333,8 +334,10 @@ def build_full_tree(dest: Path | str | None = None, *, tarball: Path = TARBALL) 
         if stamp.is_file():
             base = stamp.read_text().strip()
             head = git(dest, 'rev-parse', 'HEAD').decode().strip()
-            if head != base:
-                git(dest, 'reset', '-q', '--hard', base)
+            # ~0.3 s: a test that wrote into the shared tree must not leak
+            if head != base or git(dest, 'status', '--porcelain'):
+                git(dest, 'checkout', '-q', '-f', '-B', 'master', base)
+                git(dest, 'clean', '-q', '-f', '-d')
             return dest, base
         if not tarball.is_file():
             raise KernelSourceMissing(f'{tarball} not found')

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -113,6 +112,7 @@ def main() -> int:
     cache.mkdir()
     os.environ["REVIEWBOT_INDEX_DIR"] = str(cache)
     rows = []
+    found_lines: list[str] = []
     try:
         load = os.getloadavg()[0]
         # -- full build
@@ -180,6 +180,8 @@ def main() -> int:
         res = review_mbox(series, Options(tree=str(scratch), base=pre, only_rules={"DUP001", "DUP002"}))
         rv = time.perf_counter() - t0
         nfind = sum(len(r.findings) for r in res.patches)
+        found_lines = [f"{f.rule} {r.patch.label} {f.path}:{f.line} {f.confidence}: {f.message}"
+                       for r in res.patches for f in r.findings]
         rules_t = res.timings.get("rules", 0.0)
         rows.append((f"review_mbox of the series, DUP001+DUP002 only", f"{rv:.2f} s (rules {rules_t:.2f} s, "
                      f"{nfind} findings)", ""))
@@ -205,6 +207,11 @@ def main() -> int:
            f"{os.cpu_count()} cores. Produced by `python bench/bench_dupindex.py`.", "",
            "| measure | value | target |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    out += ["", "Findings on the series (functions removed and added back: a finding is a",
+            "real twin that stays in the tree):", ""] + [f"- {ln}" for ln in found_lines]
+    out += ["", "CPU counts the indexing processes, not the `git cat-file` processes they read",
+            "blobs through.  On this shared machine other jobs ran at the same time (see",
+            "the load average): wall time is then far above CPU time / cores."]
     Path(args.out).write_text("\n".join(out) + "\n")
     print("\n".join(out))
     return 0

@@ -78,7 +78,20 @@ def child(url: str, state: str, outbox: str) -> None:
     print(json.dumps({"ingested": n, "seconds": t1 - t0, "second_poll_new": n2, "second_poll_seconds": t2 - t1,
                       "due_seconds": t3 - t2, "series_due": len(due), "series_waiting": waiting,
                       "series_by_state": counts,
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mib": _peak_rss_mib()}))
+
+
+def _peak_rss_mib() -> float:
+    """VmHWM of this process.  (ru_maxrss would not do: Linux keeps it across
+    exec, so it would report the parent that holds the whole archive.)"""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:

@@ -242,26 +242,6 @@ def _header(text: str, lo: int, open_off: int, open_line: int):
     return None
 
 
-@dataclass(frozen=True)
-class FuncPrint:
-    name: str
-    start: int
-    end: int
-    ntok: int
-    fps: np.ndarray
-
-
-def file_functions(text: str, min_tokens: int = MIN_TOKENS) -> list[FuncPrint]:
-    """Every indexable function of one file, with its fingerprints."""
-    out = []
-    for sp in split_functions(text):
-        codes = code_tokens(text[sp.body_off:sp.end_off])
-        if len(codes) < min_tokens:
-            continue
-        out.append(FuncPrint(sp.name, sp.start, sp.end, len(codes), fingerprints(codes)))
-    return out
-
-
 # -- git plumbing (read-only) ----------------------------------------------------------
 
 def git_env(repo: str) -> dict[str, str]:

@@ -1,7 +1,6 @@
 """The function index (reviewbot.dupindex) on small trees of real 6.1 files."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 

@@ -22,10 +22,13 @@ SAMPLES = sorted(p for p in (HERE / "data" / "hostile" / "tools").rglob("*")
 SAMPLES += [HERE / "data" / "seeds" / "seed003.mbox", HERE / "data" / "seeds" / "seed004.mbox"]
 _CACHE: dict[Path, bytes] = {}
 
-FAST = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SLOW = settings(max_examples=25, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# REVIEWBOT_FUZZ_SCALE=20 (say) runs 20 times as many random examples, for
+# a longer hunt; by default the examples are fixed (derandomize) and few.
+_SCALE = int(os.environ.get("REVIEWBOT_FUZZ_SCALE", "0") or 0)
+_COMMON = dict(deadline=None, database=None, derandomize=not _SCALE,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(max_examples=100 * max(_SCALE, 1), **_COMMON)
+SLOW = settings(max_examples=15 * max(_SCALE, 1), **_COMMON)
 
 
 def _sample(i: int) -> bytes:

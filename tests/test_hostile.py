@@ -491,7 +491,11 @@ def test_generated_hostile(tmp_path, small_tree, generated, with_tree):
     assert "no mail" in results["gen/empty"]["stderr"]
     assert results["gen/binary-random"]["rc"] in (0, 1)
     assert "no patch" in results["gen/multipart-signed"]["stdout"]
-    assert "too large" in results["gen/line-20mb-in-diff"]["stdout"]
+    for name in ("gen/line-20mb-in-diff", "gen/line-20mb-subject"):
+        r = results[name]
+        assert "too large" in r["stdout"] + r["stderr"], (name, r["stderr"])
+    assert "could not be parsed" in results["gen/multipart-nested-3000"]["stderr"] + \
+        results["gen/multipart-nested-3000"]["stdout"]
     assert "claims 10000 patches" in results["gen/series-1-of-10000"]["stdout"]
     for name in ("gen/path-dotdot", "gen/path-absolute", "gen/path-dotdot-inner", "gen/path-plain-dotdot"):
         assert "unsafe path" in results[name]["stdout"], name

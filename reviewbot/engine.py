@@ -6,6 +6,7 @@ project's `rules/` folder), or one registered through the
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -128,7 +129,13 @@ class Rule:
 
 
 def discover() -> list[Rule]:
-    """Every rule: the modules of reviewbot.rules, then entry points."""
+    """Every rule: the modules of reviewbot.rules, then entry points
+    (found once per process; rules are stateless)."""
+    return list(_discover())
+
+
+@functools.lru_cache(maxsize=1)
+def _discover() -> tuple[Rule, ...]:
     import reviewbot.rules as pkg
 
     found: dict[str, Rule] = {}
@@ -149,7 +156,7 @@ def discover() -> list[Rule]:
             _register(found, obj())
         except Exception as exc:
             log.warning("rule plugin %s failed to load: %s", ep.name, exc)
-    return sorted(found.values(), key=lambda r: r.code)
+    return tuple(sorted(found.values(), key=lambda r: r.code))
 
 
 def _register(found: dict[str, Rule], rule: Rule) -> None:

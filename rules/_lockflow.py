@@ -92,8 +92,8 @@ PSEUDO = {"rcu", "irq", "bh", "preempt"}
 ATOMIC_KINDS = {"spin", "rcu", "irq", "bh", "preempt"}
 GENERIC_FIELDS = {"lock", "mutex", "mtx", "sem", "rwsem", "spinlock", "slock", "rwlock",
                   "lk", "lck", "mlock", "rlock", "wlock", "lock_", "_lock"}
-SKIP_FN_RE = re.compile(r"(^|_)(lock|locked|acquire|acquires|begin|start|enter|get_lock|grab|"
-                        r"seq_start|trylock|hold)(_|$)|lock$", re.I)
+SKIP_FN_RE = re.compile(r"(^|_)(lock|locked|acquire|acquires|get_lock|grab|trylock|hold)(_|$)|"
+                        r"(_start|_begin|_enter)$|lock$", re.I)
 GUARD_SPIN = re.compile(r"spinlock|raw_spinlock|rwlock|read_lock|write_lock|rcu|irq|preempt|bh")
 
 # ---------------------------------------------------------------------------

@@ -332,12 +332,12 @@ def generated_cases(dest: Path, tree: Path) -> dict[str, Path]:
     cases["qp-broken"] = mail(body=(COMMIT + SIMPLE_DIFF).replace("hello", "he=ZZl=\nlo=") + "=", cte="quoted-printable")
     cases["cte-unknown"] = mail(body=COMMIT + SIMPLE_DIFF, cte="x-uuencode-ish")
     # MIME structure
-    nest = 3000
-    inner = "Content-Type: text/plain\n\n" + COMMIT + SIMPLE_DIFF
-    for i in range(nest):
-        inner = (f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' + inner + f"\n--b{i}--\n")
-    cases["multipart-nested-3000"] = mail(body=inner.split("\n\n", 1)[1],
-                                           ctype=f'multipart/mixed; boundary="b{nest - 1}"')
+    for nest in (50, 3000):
+        inner = "Content-Type: text/plain\n\n" + COMMIT + SIMPLE_DIFF
+        for i in range(nest):
+            inner = (f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' + inner + f"\n--b{i}--\n")
+        cases[f"multipart-nested-{nest}"] = mail(body=inner.split("\n\n", 1)[1],
+                                                 ctype=f'multipart/mixed; boundary="b{nest - 1}"')
     cases["multipart-no-boundary"] = mail(body="--x\n\n" + COMMIT + SIMPLE_DIFF, ctype="multipart/mixed")
     cases["multipart-unterminated"] = mail(
         body='--zz\nContent-Type: text/plain\n\n' + COMMIT + SIMPLE_DIFF, ctype='multipart/mixed; boundary="zz"')
@@ -497,6 +497,8 @@ def test_generated_hostile(tmp_path, small_tree, generated, with_tree):
         assert "too large" in r["stdout"] + r["stderr"], (name, r["stderr"])
     assert "could not be parsed" in results["gen/multipart-nested-3000"]["stderr"] + \
         results["gen/multipart-nested-3000"]["stdout"]
+    nested = results["gen/multipart-nested-50"]
+    assert nested["rc"] == 0 and "net: fix a thing" in nested["stdout"] and "no diff" not in nested["stdout"]
     # b4 reads at most four-digit counters: 1/10000 is a lone patch, 1/9999
     # a huge series of which one patch arrived.
     assert results["gen/series-1-of-10000"]["rc"] == 0
@@ -552,6 +554,11 @@ def test_console_script_on_hostile_mail(tmp_path, small_tree, generated):
         assert "Traceback" not in err and proc.returncode in (0, 1), (name, err)
         if proc.returncode:
             assert len(err.strip().splitlines()) == 1 and err.startswith("reviewbot: "), (name, err)
+    # Binary junk on standard input.
+    proc = subprocess.run(["reviewbot", "review", "-"], input=generated["gen/binary-random"].read_bytes(),
+                          cwd=cwd, env=env, capture_output=True, timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode in (0, 1) and "Traceback" not in err, err
     assert not list(cwd.iterdir())
     assert not list((tmp_path / "tmp").iterdir())
     assert tree_state(small_tree) == before

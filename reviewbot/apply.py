@@ -98,8 +98,15 @@ class TreeSession:
 
     # -- plumbing --------------------------------------------------------
     def git(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["git", *args], input=input, env=self.env, cwd=self.tmp,
-                              capture_output=True)
+        # Signals wait until git has finished: interrupted while Popen is
+        # still starting it, a git child would be left writing into the
+        # scratch directory after close() removed it.
+        held = _hold_signals()
+        try:
+            proc = subprocess.run(["git", *args], input=input, env=self.env, cwd=self.tmp,
+                                  capture_output=True)
+        finally:
+            _release_signals(held)
         if check and proc.returncode != 0:
             raise TreeError(f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
         return proc
@@ -121,8 +128,12 @@ class TreeSession:
     def read_blob(self, tree: str, path: str) -> str | None:
         """The text of PATH in TREE, or None when absent (or binary/huge)."""
         if self._catfile is None:
-            self._catfile = subprocess.Popen(["git", "cat-file", "--batch"], env=self.env, cwd=self.tmp,
-                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            held = _hold_signals()
+            try:
+                self._catfile = subprocess.Popen(["git", "cat-file", "--batch"], env=self.env, cwd=self.tmp,
+                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            finally:
+                _release_signals(held)
         assert self._catfile.stdin and self._catfile.stdout
         if "\n" in path:
             return None

@@ -67,6 +67,10 @@ def _memo(node: tree_sitter.Node) -> dict:
         if parent is None:
             break
         root = parent
+    return _memo_of_root(root)
+
+
+def _memo_of_root(root: tree_sitter.Node) -> dict:
     m = _MEMO.get(root.id)
     if m is None or m["root"] != root:
         m = {"root": root}
@@ -78,55 +82,126 @@ def _memo(node: tree_sitter.Node) -> dict:
     return m
 
 
-def _preorder(node: tree_sitter.Node) -> tuple[list, dict]:
-    m = _memo(node)
-    if "pre" not in m:
+def _root_and_item(node: tree_sitter.Node):
+    """(root, top-level item holding node or None when node is the root)."""
+    item = None
+    root = node
+    while True:
+        parent = root.parent
+        if parent is None:
+            return root, item
+        item = root
+        root = parent
+
+
+def _item_preorder(m: dict, item: tree_sitter.Node) -> tuple[list, dict]:
+    """Pre-order of one top-level item of a tree, built on first use (a
+    rule that looks at the functions a patch touches never pays for the
+    rest of a big file)."""
+    items = m.setdefault("items", {})
+    got = items.get(item.id)
+    if got is None or got[0] != item:
         pre = []
-        stack = [m["root"]]
+        stack = [item]
         while stack:
             n = stack.pop()
             pre.append(n)
             stack.extend(reversed(n.children))
+        got = (item, pre, {n.id: i for i, n in enumerate(pre)})
+        items[item.id] = got
+    return got[1], got[2]
+
+
+def _preorder(node: tree_sitter.Node) -> tuple[list, dict]:
+    """Pre-order of the whole tree (root first, then each item's)."""
+    m = _memo(node)
+    if "pre" not in m:
+        root = m["root"]
+        pre = [root]
+        for item in root.children:
+            pre.extend(_item_preorder(m, item)[0])
         m["pre"] = pre
         m["index"] = {n.id: i for i, n in enumerate(pre)}
     return m["pre"], m["index"]
 
 
+def _walk_direct(node: tree_sitter.Node) -> list:
+    stack = [node]
+    out = []
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(reversed(n.children))
+    return out
+
+
 def walk(node: tree_sitter.Node):
-    """Pre-order walk of node and its descendants.  The first walk of a
-    tree is remembered, so the many rules walking one file pay once."""
-    pre, index = _preorder(node)
+    """Pre-order walk of node and its descendants.  Walks are remembered
+    per top-level item of the tree (a function, a declaration, an #ifdef
+    block), so the many rules walking one function pay once, and walking
+    one function does not walk the whole file."""
+    root, item = _root_and_item(node)
+    m = _memo_of_root(root)
+    if item is None:
+        if "pre" in m:
+            return list(m["pre"])
+        return list(_preorder(root)[0])
+    pre, index = _item_preorder(m, item)
     i = index.get(node.id)
     if i is None or pre[i] != node:
-        # not from a memoised tree (should not happen): walk directly
-        stack = [node]
-        out = []
-        while stack:
-            n = stack.pop()
-            out.append(n)
-            stack.extend(reversed(n.children))
-        return out
+        return _walk_direct(node)     # not found (should not happen): walk directly
     return pre[i:i + node.descendant_count]
 
 
 def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node]:
     """All descendants (and node itself) of one type, in document order."""
-    m = _memo(node)
+    root, item = _root_and_item(node)
+    m = _memo_of_root(root)
     key = ("type", node_type)
-    if key not in m:
-        q = _query(node_type)
-        m[key] = sorted(tree_sitter.QueryCursor(q).captures(m["root"]).get("n", []),
-                        key=lambda n: (n.start_byte, -n.end_byte))
-    allnodes = m[key]
-    if node == m["root"]:
-        return allnodes
+    if item is None:
+        if key not in m:
+            m[key] = _captures(root, node_type)
+        return m[key]
+    allnodes = m.get(key)
     lo, hi = node.start_byte, node.end_byte
-    return [n for n in allnodes if lo <= n.start_byte and n.end_byte <= hi]
+    if allnodes is not None:
+        # the whole file's list is at hand: bisect to the node's range
+        import bisect
+        starts = m.get(("starts", node_type))
+        if starts is None:
+            starts = m[("starts", node_type)] = [n.start_byte for n in allnodes]
+        i = bisect.bisect_left(starts, lo)
+        out = []
+        while i < len(allnodes) and allnodes[i].start_byte <= hi:
+            n = allnodes[i]
+            if n.end_byte <= hi:
+                out.append(n)
+            i += 1
+        return out
+    # only this node's range: a ranged query (C speed), memoised per node
+    ckey = ("ranged", node_type, node.id)
+    got = m.get(ckey)
+    if got is not None and got[0] == node:
+        return got[1]
+    out = [n for n in _captures(root, node_type, (lo, hi)) if lo <= n.start_byte and n.end_byte <= hi]
+    m[ckey] = (node, out)
+    return out
+
+
+def _captures(root: tree_sitter.Node, node_type: str, byte_range=None) -> list[tree_sitter.Node]:
+    cur = tree_sitter.QueryCursor(_query(node_type))
+    if byte_range is not None:
+        cur.set_byte_range(*byte_range)
+    return sorted(cur.captures(root).get("n", []), key=lambda n: (n.start_byte, -n.end_byte))
 
 
 @lru_cache(maxsize=64)
 def _query(node_type: str) -> tree_sitter.Query:
-    return tree_sitter.Query(_LANG, f"({node_type}) @n")
+    """A query for one node type, or for several separated by blanks."""
+    types = node_type.split()
+    if len(types) == 1:
+        return tree_sitter.Query(_LANG, f"({node_type}) @n")
+    return tree_sitter.Query(_LANG, "[" + " ".join(f"({t})" for t in types) + "] @n")
 
 
 @dataclass(frozen=True)
@@ -198,8 +273,7 @@ def calls(node: tree_sitter.Node) -> list[Call]:
 
 
 def preproc_conditionals(tree: tree_sitter.Tree) -> list[tree_sitter.Node]:
-    return [n for n in walk(tree.root_node)
-            if n.type in ("preproc_ifdef", "preproc_if", "preproc_elif", "preproc_else")]
+    return list(query_nodes(tree.root_node, "preproc_ifdef preproc_if preproc_elif preproc_else"))
 
 
 def conditional_condition(node: tree_sitter.Node) -> str:
@@ -241,9 +315,15 @@ class Initializer:
 def _designated_members(node: tree_sitter.Node) -> tuple[tuple[str, str, int], ...]:
     """`.member = value` pairs at the top level of an initializer_list,
     read from the text (tree-sitter mangles #ifdef inside initialisers)."""
-    import re as _re
-    text = node_text(node)
     base = line_of(node)
+    return tuple((m, v, base + rel) for m, v, rel in _designated_members_text(node_text(node)))
+
+
+@lru_cache(maxsize=4096)
+def _designated_members_text(text: str) -> tuple[tuple[str, str, int], ...]:
+    """_designated_members of an initializer's text, lines relative to its first."""
+    import re as _re
+    base = 0
     out = []
     depth = 0
     i = 0
@@ -290,10 +370,15 @@ def _designated_members(node: tree_sitter.Node) -> tuple[tuple[str, str, int], .
 
 def struct_initializers(tree: tree_sitter.Tree) -> list[Initializer]:
     """Every `struct T name = { .a = x, ... };` at any level (not arrays)."""
+    m = _memo(tree.root_node)
+    if "struct_initializers" not in m:
+        m["struct_initializers"] = _struct_initializers(tree)
+    return list(m["struct_initializers"])
+
+
+def _struct_initializers(tree: tree_sitter.Tree) -> list[Initializer]:
     out = []
-    for n in walk(tree.root_node):
-        if n.type != "init_declarator":
-            continue
+    for n in query_nodes(tree.root_node, "init_declarator"):
         val = n.child_by_field_name("value")
         decl = n.child_by_field_name("declarator")
         if val is None or val.type != "initializer_list" or decl is None or decl.type != "identifier":
@@ -310,4 +395,38 @@ def struct_initializers(tree: tree_sitter.Tree) -> list[Initializer]:
             continue
         out.append(Initializer(node_text(tname), node_text(decl), line_of(parent),
                                end_line_of(parent), members))
+    return out
+
+
+def call_names(tree: tree_sitter.Tree) -> frozenset[str]:
+    """The names of every call in a file: {c.name for c in calls(root)},
+    without building the Call objects (memoised per tree)."""
+    m = _memo(tree.root_node)
+    got = m.get("call_names")
+    if got is None:
+        cur = tree_sitter.QueryCursor(_call_fn_query())
+        got = frozenset(node_text(n) for n in cur.captures(tree.root_node).get("f", []))
+        m["call_names"] = got
+    return got
+
+
+@lru_cache(maxsize=1)
+def _call_fn_query() -> tree_sitter.Query:
+    return tree_sitter.Query(_LANG, "(call_expression function: _ @f)")
+
+
+def items_touching(tree: tree_sitter.Tree, lines) -> list[tree_sitter.Node]:
+    """The top-level items of a tree (children of the root) that span one of
+    LINES (1-based), in order.  Every node whose first line is in LINES is
+    inside one of them."""
+    if not lines:
+        return []
+    import bisect
+    ls = sorted(lines)
+    out = []
+    for item in tree.root_node.children:
+        a, b = item.start_point[0] + 1, item.end_point[0] + 1
+        i = bisect.bisect_left(ls, a)
+        if i < len(ls) and ls[i] <= b:
+            out.append(item)
     return out

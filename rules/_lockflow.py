@@ -26,8 +26,10 @@ ever matches itself inside one function.
 """
 from __future__ import annotations
 
+import bisect
 import re
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from reviewbot import cparse
@@ -700,56 +702,91 @@ class ImageInfo:
         return self.flows.get(name)
 
 
+def _fn_key(f: cparse.Function) -> tuple:
+    """What a function's own analysis depends on: its text (and shape)."""
+    n = f.node
+    return (f.name, n.text, n.descendant_count)
+
+
+_BASE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_BASE_SIZE = 8192
+
+
+def _base_summary(f: cparse.Function) -> tuple:
+    """(Summary with lines relative to the function's first line, the names
+    it calls), memoised by the function's text: a series shows most
+    functions of a big file again and again, at shifted lines."""
+    key = _fn_key(f)
+    got = _BASE.get(key)
+    if got is not None:
+        _BASE.move_to_end(key)
+        return got
+    start = f.start
+    w = Walker(f).run()
+    params = []
+    decl = f.node.child_by_field_name("declarator")
+    for n in cparse.walk(decl) if decl is not None else []:
+        if n.type == "parameter_declaration":
+            v = cparse._declarator_name(n.child_by_field_name("declarator"))
+            if v:
+                params.append(v)
+        if n.type == "parameter_list" and params:
+            pass
+    s = Summary(f.name, params)
+    # net acquires: held at every exit
+    if w.exits:
+        common = None
+        for ex in w.exits:
+            for st in ex.states:
+                keys = {(h.key, h.call, h.kind, h.expr) for h in st if h.how not in ("guard", "cond")}
+                common = keys if common is None else common & keys
+        for key_, call, kind, expr in sorted(common or ()):
+            s.acquires.append((call, kind, "" if kind in NOARG_KEY else expr))
+    # net releases: release calls of locks not taken here
+    taken = {h.key for h, _ in w.acquires}
+    for c in w.calls:
+        if c.name in RELEASE:
+            kind = RELEASE[c.name]
+            key_, expr = key_of_call(c.name, kind, c.args, w.types)
+            if key_ not in taken and c.states and all(
+                    not any(h.key == key_ for h in st) for st in c.states):
+                s.releases.append((c.name, kind, "" if kind in NOARG_KEY else expr))
+    for h, _ in w.acquires:
+        if h.stable and h.key not in PSEUDO:
+            s.takes.add(h.key)
+            s.take_sites.setdefault(h.key, h.line - start)
+    for c in w.calls:
+        why = sleeping_call(c.name, c.args)
+        if why and c.states and all(not any(h.kind in ATOMIC_KINDS for h in st) for st in c.states) \
+                and _unconditional(c.node, f.node):
+            s.sleeps, s.sleep_line, s.sleep_end = why, c.line - start, cparse.end_line_of(c.node) - start
+            break
+    got = (s, frozenset(c.name for c in cparse.calls(f.node)))
+    _BASE[key] = got
+    if len(_BASE) > _BASE_SIZE:
+        _BASE.popitem(last=False)
+    return got
+
+
 def _summaries(funcs: list[cparse.Function]) -> dict[str, Summary]:
     out: dict[str, Summary] = {}
+    called: dict[str, frozenset] = {}
     for f in funcs:
         if not f.name:
             continue
-        w = Walker(f).run()
-        params = []
-        decl = f.node.child_by_field_name("declarator")
-        for n in cparse.walk(decl) if decl is not None else []:
-            if n.type == "parameter_declaration":
-                v = cparse._declarator_name(n.child_by_field_name("declarator"))
-                if v:
-                    params.append(v)
-            if n.type == "parameter_list" and params:
-                pass
-        s = Summary(f.name, params)
-        # net acquires: held at every exit
-        if w.exits:
-            common = None
-            for ex in w.exits:
-                for st in ex.states:
-                    keys = {(h.key, h.call, h.kind, h.expr) for h in st if h.how not in ("guard", "cond")}
-                    common = keys if common is None else common & keys
-            for key, call, kind, expr in sorted(common or ()):
-                s.acquires.append((call, kind, "" if kind in NOARG_KEY else expr))
-        # net releases: release calls of locks not taken here
-        taken = {h.key for h, _ in w.acquires}
-        for c in w.calls:
-            if c.name in RELEASE:
-                kind = RELEASE[c.name]
-                key, expr = key_of_call(c.name, kind, c.args, w.types)
-                if key not in taken and c.states and all(
-                        not any(h.key == key for h in st) for st in c.states):
-                    s.releases.append((c.name, kind, "" if kind in NOARG_KEY else expr))
-        for h, _ in w.acquires:
-            if h.stable and h.key not in PSEUDO:
-                s.takes.add(h.key)
-                s.take_sites.setdefault(h.key, h.line)
-        for c in w.calls:
-            why = sleeping_call(c.name, c.args)
-            if why and c.states and all(not any(h.kind in ATOMIC_KINDS for h in st) for st in c.states) \
-                    and _unconditional(c.node, f.node):
-                s.sleeps, s.sleep_line, s.sleep_end = why, c.line, cparse.end_line_of(c.node)
-                break
-        out[f.name] = s
+        b, names = _base_summary(f)
+        start = f.start
+        out[f.name] = Summary(
+            b.name, list(b.params), list(b.acquires), list(b.releases), set(b.takes),
+            {k: v + start for k, v in b.take_sites.items()}, b.sleeps,
+            None if b.sleep_line is None else b.sleep_line + start,
+            None if b.sleep_end is None else b.sleep_end + start)
+        called[f.name] = names
     # callee lock sets: fixpoint over same-file calls (bounded)
     direct_callees = {}
     for f in funcs:
         if f.name:
-            direct_callees[f.name] = {c.name for c in cparse.calls(f.node) if c.name in out}
+            direct_callees[f.name] = {c for c in called[f.name] if c in out}
     for _ in range(4):
         changed = False
         for name, callees in direct_callees.items():
@@ -780,16 +817,29 @@ _cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def image(fv, which: str) -> ImageInfo:
-    """Analysis of a FileView's "pre" or "post" image (cached per FileView)."""
+    """Analysis of a FileView's "pre" or "post" image (cached per FileView,
+    and per tree for a full image: the post-image of one patch is the
+    pre-image of the next)."""
     per = _cache.setdefault(fv, {})
     if which in per:
         return per[which]
     tree = fv.post_tree if which == "post" else fv.pre_tree
-    funcs = [f for f in cparse.functions(tree) if f.name]
     full = fv.post is not None if which == "post" else fv.pre is not None
-    if not full:
+    if full:
+        m = cparse._memo(tree.root_node)
+        info = m.get("_lockflow.image")
+        if info is None:
+            info = m["_lockflow.image"] = _image(tree, None)
+    else:
+        info = _image(tree, _shown_lines(fv, which == "post"))
+    per[which] = info
+    return info
+
+
+def _image(tree, shown: set[int] | None) -> ImageInfo:
+    funcs = [f for f in cparse.functions(tree) if f.name]
+    if shown is not None:
         # reconstructed from hunks: only functions the hunks show whole
-        shown = _shown_lines(fv, which == "post")
         funcs = [f for f in funcs if all(ln in shown for ln in range(f.start, f.end + 1))
                  and cparse.node_text(f.node).rstrip().endswith("}")]
     summ = _summaries(funcs)
@@ -797,9 +847,7 @@ def image(fv, which: str) -> ImageInfo:
     byname = {}
     for f in funcs:
         byname.setdefault(f.name, f)
-    info = ImageInfo(funcs, byname, summ, flows)
-    per[which] = info
-    return info
+    return ImageInfo(funcs, byname, summ, flows)
 
 
 def _shown_lines(fv, new: bool) -> set[int]:
@@ -820,17 +868,56 @@ def flow_of(info: ImageInfo, name: str) -> Flow | None:
     return info.flows[name]
 
 
+_DIGESTS: "OrderedDict[tuple, dict]" = OrderedDict()
+_DIGEST_SIZE = 8192
+
+
+def digest(info: ImageInfo, name: str, make) -> object:
+    """make(info, flow, start) for the function `name` of an image, memoised by
+    what the flow depends on: the function's text and the summaries of the
+    same-file functions it calls.  `make` must give a value that does not
+    depend on where the function is (lines relative to `start`, its first
+    line), may read info.summaries only for the functions `name` calls,
+    and must be a module-level function (it is part of the key)."""
+    f = info.byname.get(name)
+    if f is None:
+        return None
+    memo = info.memo.setdefault(("digest", make), {})
+    if name in memo:
+        return memo[name]
+    _, called = _base_summary(f)
+    sig = []
+    for c in sorted(called):
+        summ = info.summaries.get(c)
+        if summ is not None:
+            sig.append((c, tuple(summ.params), tuple(summ.acquires), tuple(summ.releases),
+                        frozenset(summ.takes)))
+    key = (make, _fn_key(f), tuple(sig))
+    got = _DIGESTS.get(key)
+    if got is None:
+        got = make(info, flow_of(info, name), f.start)
+        _DIGESTS[key] = got
+        if len(_DIGESTS) > _DIGEST_SIZE:
+            _DIGESTS.popitem(last=False)
+    else:
+        _DIGESTS.move_to_end(key)
+    memo[name] = got
+    return got
+
+
 def touched_functions(fv) -> list[tuple[cparse.Function, set[int]]]:
     """Post-image functions that hold added lines, with those lines."""
     added = fv.added_lines
     if not added:
         return []
     info = image(fv, "post")
+    ls = sorted(added)
     out = []
     for f in info.functions:
-        lines = {ln for ln in added if f.start <= ln <= f.end}
-        if lines:
-            out.append((f, lines))
+        i = bisect.bisect_left(ls, f.start)
+        j = bisect.bisect_right(ls, f.end)
+        if i < j:
+            out.append((f, set(ls[i:j])))
     return out
 
 

@@ -36,8 +36,8 @@ def removed_old_lines(fv: FileView) -> set[int]:
     return {ln.old_no for ln in fv.diff.removed() if ln.old_no}
 
 
-def known_calls(tree) -> set[str]:
-    return {c.name for c in cparse.calls(tree.root_node)}
+def known_calls(tree) -> frozenset[str]:
+    return cparse.call_names(tree)
 
 
 def function_named(tree, name: str):

@@ -156,7 +156,7 @@ class AcquireWithoutRelease(Rule):
     # -- pernet_operations without an exit -----------------------------------
     def _pernet(self, fv, added, post_vis, pre_vis, file_calls):
         registered = {}
-        for c in cparse.calls(fv.post_tree.root_node):
+        for c in (c for item in cparse.items_touching(fv.post_tree, added) for c in cparse.calls(item)):
             if c.line in added and c.name.startswith("register_pernet_") and c.args:
                 registered[c.args[0].lstrip("&").strip()] = c.line
         pre = {t.name: t for t in cparse.struct_initializers(fv.pre_tree)

@@ -33,27 +33,43 @@ def edges(info: lf.ImageInfo, only: set[str] | None = None) -> list[Edge]:
     for fn in info.functions:
         if only is not None and fn.name not in only:
             continue
-        fl = lf.flow_of(info, fn.name)
-        if fl is None:
+        got = lf.digest(info, fn.name, _fn_edges)
+        if not got:
             continue
-        for h, states in fl.acquires:
-            if not _usable(h.key):
-                continue
-            for g in lf.must_held(states):
-                if _usable(g.key) and g.key != h.key:
-                    out.append(Edge(g.key, h.key, fn.name, h.line, g.line, g.expr, h.expr,
-                                    h.how[5:] if h.how.startswith("wrap:") else ""))
-        for c in fl.calls:
-            summ = info.summaries.get(c.name)
-            if summ is None or c.name == fn.name or not summ.takes:
-                continue
-            held = [g for g in lf.must_held(c.states) if _usable(g.key)]
-            for g in held:
-                for k in sorted(summ.takes):
-                    if k != g.key and _usable(k):
-                        out.append(Edge(g.key, k, fn.name, c.line, g.line, g.expr, k, c.name))
+        # flow_of() goes by name: a second function of the same name shows
+        # the first one's edges (at the first one's lines)
+        start = info.byname[fn.name].start
+        for e in got:
+            out.append(Edge(e.outer, e.inner, e.func, e.line + start, e.outer_line + start,
+                            e.outer_expr, e.inner_expr, e.via))
     info.memo[key] = out
     return out
+
+
+def _fn_edges(info: lf.ImageInfo, fl, start: int) -> tuple:
+    """The edges of one function's flow, lines relative to `start`."""
+    if fl is None:
+        return ()
+    out = []
+    summaries = info.summaries
+    fname = fl.fn.name
+    for h, states in fl.acquires:
+        if not _usable(h.key):
+            continue
+        for g in lf.must_held(states):
+            if _usable(g.key) and g.key != h.key:
+                out.append(Edge(g.key, h.key, fname, h.line - start, g.line - start, g.expr, h.expr,
+                                h.how[5:] if h.how.startswith("wrap:") else ""))
+    for c in fl.calls:
+        summ = summaries.get(c.name)
+        if summ is None or c.name == fname or not summ.takes:
+            continue
+        held = [g for g in lf.must_held(c.states) if _usable(g.key)]
+        for g in held:
+            for k in sorted(summ.takes):
+                if k != g.key and _usable(k):
+                    out.append(Edge(g.key, k, fname, c.line - start, g.line - start, g.expr, k, c.name))
+    return tuple(out)
 
 
 def _usable(key: str) -> bool:

@@ -110,7 +110,7 @@ def _idiom_only(calls) -> bool:
 
 
 def _is_enabled_lines(fv, added):
-    for n in cparse.walk(fv.post_tree.root_node):
+    for n in (n for item in cparse.items_touching(fv.post_tree, added) for n in cparse.walk(item)):
         if n.type == "call_expression":
             fn = n.child_by_field_name("function")
             if fn is not None and cparse.node_text(fn) == "IS_ENABLED":

@@ -86,7 +86,7 @@ class SavedCallbackNotRestored(Rule):
 
 def _saves(tree, added: set[int]):
     """(line, saved member, source member, text) for `a->saved_x = b->x`."""
-    for n in cparse.walk(tree.root_node):
+    for n in (n for item in cparse.items_touching(tree, added) for n in cparse.walk(item)):
         left = right = None
         if n.type == "assignment_expression":
             op = n.child_by_field_name("operator")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
@@ -118,21 +119,32 @@ class SleepInAtomic(Rule):
         for other in post.functions:
             if other.name == fn.name:
                 continue
-            fl = lf.flow_of(post, other.name)
-            for c in fl.calls if fl is not None else []:
-                if c.name != fn.name:
+            start = post.byname[other.name].start
+            for name, c_line, h in lf.digest(post, other.name, _atomic_calls) or ():
+                if name != fn.name:
                     continue
-                held = [h for h in lf.must_held(c.states) if h.kind in lf.ATOMIC_KINDS]
-                if not held:
-                    continue
-                h = max(held, key=lambda h: h.line)
+                c_line += start
+                h = replace(h, line=h.line + start)
                 msg = (f"{summ.sleeps} can sleep, and {other.name}() calls {fn.name}() with "
                        f"{lf.display(h)} held (taken by {h.call}()). "
                        + _advice(summ.sleeps, h))
                 yield self.finding(fv.path, at, msg,
-                                   related=[Location(fv.path, c.line, f"{other.name}() calls {fn.name}() here"),
+                                   related=[Location(fv.path, c_line, f"{other.name}() calls {fn.name}() here"),
                                             Location(fv.path, h.line, f"{lf.display(h)} taken here")])
                 return
+
+
+def _atomic_calls(info, fl, start: int) -> tuple:
+    """(callee, line, innermost atomic context held on every path) of the
+    calls of a flow made in atomic context, lines relative to `start`."""
+    out = []
+    for c in fl.calls if fl is not None else []:
+        held = [h for h in lf.must_held(c.states) if h.kind in lf.ATOMIC_KINDS]
+        if not held:
+            continue
+        h = max(held, key=lambda h: h.line)
+        out.append((c.name, c.line - start, replace(h, line=h.line - start)))
+    return tuple(out)
 
 
 def _advice(why: str, h) -> str:

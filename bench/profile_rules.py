@@ -10,17 +10,17 @@ functions to net/core/filter.c, net/core/sock_map.c, net/ipv4/tcp_bpf.c);
 6.1 tree in ~/.cache/reviewbot-bench/tree (run
 `python3 bench/bench_review.py --runs 1` once to create them).
 
-Each rule is timed on its own, in code order, in a fresh process state per
-run (the caches of reviewbot.cparse and of the rules are cleared between
-runs, so every run measures a cold review).  The total of the rules stage
-is also measured as the review runs it (all rules in one engine.run).
+Each run is a fresh process (a cold review, as `reviewbot review` does):
+one in which each rule is timed on its own, in code order (the first rule
+touching a file pays for its parse and for whatever caches it fills), and
+one measuring the stages as the review runs them (all rules in one
+engine.run).  Medians over the runs are shown, and the peak RSS.
 --json-out writes the findings (per patch and series) as JSON, to compare
 before/after a change.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import glob
 import json
 import os
@@ -35,27 +35,6 @@ sys.path.insert(0, str(ROOT))
 from reviewbot import engine, review  # noqa: E402
 
 CACHE = pathlib.Path(os.path.expanduser("~/.cache/reviewbot-bench"))
-
-
-def _clear_caches():
-    """Forget everything memoised, so that a run is a cold review."""
-    from reviewbot import cparse
-    cparse._PARSED.clear()
-    cparse._MEMO.clear()
-    for mod in list(sys.modules.values()):
-        name = getattr(mod, "__name__", "")
-        if not (name.startswith("reviewbot") or name.startswith("rules")):
-            continue
-        clear = getattr(mod, "clear_caches", None)
-        if callable(clear):
-            clear()
-        for obj in list(vars(mod).values()):
-            if hasattr(obj, "cache_clear") and getattr(obj, "__module__", "") == name:
-                try:
-                    obj.cache_clear()
-                except Exception:
-                    pass
-    gc.collect()
 
 
 def _inputs(large: bool) -> bytes:
@@ -97,46 +76,73 @@ def findings_json(res: review.Result) -> dict:
     }
 
 
+def _child(mode: str, large: bool, json_out: str | None, cprofile: str | None) -> dict:
+    data = _inputs(large)
+    if cprofile:
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+    times, timings, res = one_run(data, per_rule=(mode == "per-rule"))
+    if cprofile:
+        prof.disable()
+        prof.dump_stats(cprofile)
+    if json_out:
+        pathlib.Path(json_out).write_text(json.dumps(findings_json(res), indent=1, sort_keys=True))
+    import resource
+    return {"per_rule": times, "stages": timings,
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _spawn(mode: str, large: bool, json_out=None, cprofile=None) -> dict:
+    import subprocess
+    cmd = [sys.executable, __file__, "--child", mode] + (["--large"] if large else [])
+    if json_out:
+        cmd += ["--json-out", json_out]
+    if cprofile:
+        cmd += ["--cprofile", cprofile]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--large", action="store_true", help="the single patch re-adding net/ipv4/tcp_input.c")
     ap.add_argument("--runs", type=int, default=3, help="runs; medians are shown (default 3)")
-    ap.add_argument("--json-out", help="write the findings of the last run as JSON")
-    ap.add_argument("--cprofile", help="also write a cProfile of one (whole) run to this file")
+    ap.add_argument("--json-out", help="write the findings (of a whole-stage run) as JSON")
+    ap.add_argument("--cprofile", help="also write a cProfile of one whole-stage run to this file")
+    ap.add_argument("--child", choices=("per-rule", "stage"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    data = _inputs(args.large)
-
+    if args.child:
+        print(json.dumps(_child(args.child, args.large, args.json_out, args.cprofile)))
+        return
+    _inputs(args.large)
     per_rule: dict[str, list[float]] = {}
     stage: dict[str, list[float]] = {}
-    res = None
-    for _ in range(args.runs):
-        # per-rule pass (each rule alone, cold caches)
-        _clear_caches()
-        times, _, _ = one_run(data, per_rule=True)
-        for k, v in times.items():
+    rss = []
+    for i in range(args.runs):
+        # every run is a fresh process: a cold review, as `reviewbot review` does
+        got = _spawn("per-rule", args.large)
+        for k, v in got["per_rule"].items():
             per_rule.setdefault(k, []).append(v)
-        # whole-stage pass, as a review runs it (cold caches)
-        _clear_caches()
-        _, timings, res = one_run(data, per_rule=False)
-        for k, v in timings.items():
+        got = _spawn("stage", args.large, args.json_out if i == 0 else None,
+                     args.cprofile if i == 0 else None)
+        for k, v in got["stages"].items():
             stage.setdefault(k, []).append(v)
+        rss.append(got["maxrss_mb"])
     med = {k: statistics.median(v) for k, v in per_rule.items()}
-    print(f"input: {'large' if args.large else 'series17'}, runs: {args.runs} (medians, seconds)")
+    print(f"input: {'large' if args.large else 'series17'}, runs: {args.runs} (medians, seconds; "
+          "each run a fresh process)")
     print("per rule (each alone, in code order; the first rule touching a file pays its parse):")
     for k, v in sorted(med.items(), key=lambda x: -x[1]):
         print(f"  {k:8s} {v:7.3f}")
     print(f"  {'sum':8s} {sum(med.values()):7.3f}")
-    print("stages of the review (all rules together):")
+    print("stages of the review (all rules together, as a review runs them):")
     for k, v in stage.items():
-        print(f"  {k:8s} {statistics.median(v):7.3f}")
+        print(f"  {k:8s} {statistics.median(v):7.3f}   (all: {', '.join(f'{x:.3f}' for x in v)})")
+    print(f"peak RSS: {max(rss):.0f} MB")
     if args.json_out:
-        pathlib.Path(args.json_out).write_text(json.dumps(findings_json(res), indent=1, sort_keys=True))
         print("findings written to", args.json_out)
     if args.cprofile:
-        import cProfile
-        _clear_caches()
-        cProfile.runctx("one_run(data, per_rule=False)", globals(), {"data": data, "one_run": one_run},
-                        args.cprofile)
         print("profile written to", args.cprofile)
 
 

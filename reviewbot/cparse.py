@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import hashlib
 from collections import OrderedDict
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import tree_sitter
 import tree_sitter_c
@@ -178,21 +178,19 @@ def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node
                 out.append(n)
             i += 1
         return out
-    # only this node's range: a ranged query (C speed), memoised per node
-    ckey = ("ranged", node_type, node.id)
+    # only this node's subtree: a query on it (C speed), memoised per node
+    ckey = ("sub", node_type, node.id)
     got = m.get(ckey)
     if got is not None and got[0] == node:
         return got[1]
-    out = [n for n in _captures(root, node_type, (lo, hi)) if lo <= n.start_byte and n.end_byte <= hi]
+    out = [n for n in _captures(node, node_type) if lo <= n.start_byte and n.end_byte <= hi]
     m[ckey] = (node, out)
     return out
 
 
-def _captures(root: tree_sitter.Node, node_type: str, byte_range=None) -> list[tree_sitter.Node]:
+def _captures(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node]:
     cur = tree_sitter.QueryCursor(_query(node_type))
-    if byte_range is not None:
-        cur.set_byte_range(*byte_range)
-    return sorted(cur.captures(root).get("n", []), key=lambda n: (n.start_byte, -n.end_byte))
+    return sorted(cur.captures(node).get("n", []), key=lambda n: (n.start_byte, -n.end_byte))
 
 
 @lru_cache(maxsize=64)
@@ -309,7 +307,11 @@ class Initializer:
 
     @property
     def names(self) -> set[str]:
-        return {m for m, _, _ in self.members}
+        return set(self.member_names)
+
+    @cached_property
+    def member_names(self) -> frozenset[str]:
+        return frozenset(m for m, _, _ in self.members)
 
 
 def _designated_members(node: tree_sitter.Node) -> tuple[tuple[str, str, int], ...]:

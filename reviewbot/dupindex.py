@@ -124,17 +124,20 @@ def code_tokens(text: str) -> np.ndarray:
 def tokens_with_lines(text: str, first_line: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Codes and 1-based line numbers of the tokens of TEXT (for locating
     matches in small texts)."""
-    toks, lines = [], []
-    line, pos = first_line, 0
+    toks, starts = [], []
+    ta, sa = toks.append, starts.append
     for m in _TOK.finditer(text):
-        line += text.count("\n", pos, m.start())
-        pos = m.start()
-        toks.append(m.group())
-        lines.append(line)
+        ta(m.group())
+        sa(m.start())
     get, code = _CODER.memo.get, _CODER.code
     arr = np.array([get(t) or code(t) for t in toks], dtype=np.uint32)
     keep = arr != SKIP
-    return arr[keep], np.array(lines, dtype=np.int64)[keep]
+    # line of a token: first_line + newlines before its start
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    newlines = np.flatnonzero(points == 10)
+    lines = np.searchsorted(newlines, np.array(starts, dtype=np.int64), side="left").astype(np.int64)
+    lines += first_line
+    return arr[keep], lines[keep]
 
 
 # -- fingerprints ---------------------------------------------------------------
@@ -706,6 +709,7 @@ def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40
     """Units of the added lines ADDED of a post-image."""
     lines = post_text.split("\n")
     out = []
+    line_starts = None
     for sp in split_functions(post_text):
         body = range(sp.start, sp.end + 1)
         real = [n for n in body if n - 1 < len(lines) and nontrivial(lines[n - 1])]
@@ -730,7 +734,10 @@ def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40
                 continue
             if whole:
                 text = post_text[sp.body_off:sp.end_off]
-                first = sp.start + post_text.count("\n", _line_offset(post_text, sp.start), sp.body_off)
+                if line_starts is None:
+                    line_starts = _line_starts(post_text)
+                off = line_starts[sp.start - 1] if sp.start - 1 < len(line_starts) else len(post_text)
+                first = sp.start + post_text.count("\n", off, sp.body_off)
             else:
                 text = "\n".join(lines[a - 1:b])
                 first = a
@@ -738,6 +745,17 @@ def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40
             if len(codes) < min_tokens:
                 continue
             out.append(Unit(path, sp.name, a, b, whole, codes, tl, nl))
+    return out
+
+
+def _line_starts(text: str) -> list[int]:
+    """Offsets of the starts of the lines of text (_line_offset(text, n) is
+    entry n - 1, or len(text) past the last one)."""
+    out = [0]
+    i = text.find("\n")
+    while i >= 0:
+        out.append(i + 1)
+        i = text.find("\n", i + 1)
     return out
 
 
@@ -783,13 +801,25 @@ def calls_shared(query: np.ndarray, other: np.ndarray) -> float:
 @lru_cache(maxsize=128)
 def function_codes(text: str) -> list[tuple[Span, np.ndarray, np.ndarray]]:
     """(span, token codes, token lines) of every function of TEXT (cached:
-    treat the result as read-only)."""
+    treat the result as read-only).  Function bodies are tokenised once per
+    distinct body text (a series shows the same functions again and again)."""
     out = []
+    line, pos = 1, 0
     for sp in split_functions(text):
-        first = text.count("\n", 0, sp.body_off) + 1
-        codes, lines = tokens_with_lines(text[sp.body_off:sp.end_off], first)
-        out.append((sp, codes, lines))
+        line += text.count("\n", pos, sp.body_off)
+        pos = sp.body_off
+        codes, rel = _body_tokens(text[sp.body_off:sp.end_off])
+        out.append((sp, codes, rel + line))
     return out
+
+
+@lru_cache(maxsize=16384)
+def _body_tokens(body: str) -> tuple[np.ndarray, np.ndarray]:
+    """tokens_with_lines(body, 0), cached (read-only arrays)."""
+    codes, lines = tokens_with_lines(body, 0)
+    codes.flags.writeable = False
+    lines.flags.writeable = False
+    return codes, lines
 
 
 _OPEN: dict[tuple, "DupIndex | None"] = {}
@@ -819,6 +849,16 @@ def directory_functions(tree: str, commit: str, directory: str, skip: set[str],
                         max_files: int = 40, max_bytes: int = 3_000_000):
     """(path, span, codes, lines) of the functions of the C files of one
     directory at COMMIT (small scan when no index is at hand)."""
+    res = []
+    for p, text in directory_texts(tree, commit, directory, skip, max_files, max_bytes):
+        for sp, codes, lines in function_codes(text):
+            res.append((p, sp, codes, lines))
+    return res
+
+
+def directory_texts(tree: str, commit: str, directory: str, skip: set[str],
+                    max_files: int = 40, max_bytes: int = 3_000_000) -> list[tuple[str, str]]:
+    """(path, text) of the C files directory_functions() scans, in its order."""
     env = git_env(tree)
     try:
         out = _git(env, "ls-tree", "-z", f"{commit}:{directory}" if directory else commit)
@@ -841,9 +881,21 @@ def directory_functions(tree: str, commit: str, directory: str, skip: set[str],
             if not data or total + len(data) > max_bytes:
                 continue
             total += len(data)
-            text = data.decode("utf-8", errors="replace")
-            for sp, codes, lines in function_codes(text):
-                res.append((p, sp, codes, lines))
+            res.append((p, data.decode("utf-8", errors="replace")))
     finally:
         reader.close()
     return res
+
+
+# `name(` where _TOK can start a token: never right after an ASCII word
+# character (identifiers, fields and numbers swallow those)
+_CALL_NAME = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z_]\w*+[ \t]*+\(")
+
+
+def call_code_superset(text: str) -> frozenset[int]:
+    """A superset of the call codes (see calls_shared) of every function of
+    TEXT: every `name(` of the text, also in comments and strings, and the
+    code of a bare `(` (canonical "(" counts as a call)."""
+    names = {m[:-1].rstrip() for m in _CALL_NAME.findall(text)}
+    names.add("")          # a bare "(" counts as a call too
+    return frozenset((zlib.crc32((n + "(").encode()) & ~3) | 3 for n in names if n not in KEYWORDS)

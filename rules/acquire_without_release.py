@@ -9,6 +9,7 @@ from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 from reviewbot.rulekit import STATUS_ACQUIRES, release_names
 from reviewbot.rules import _release_common as rc
+from reviewbot.rules.rt_common import any_in_range
 
 _PERNET_EXITS = ("exit", "exit_batch", "pre_exit", "exit_batch_rtnl")
 _TRANSFER_RE = re.compile(r"(add|insert|store|set|assign|queue|attach|link|push|publish|install|"
@@ -96,8 +97,9 @@ class AcquireWithoutRelease(Rule):
             calls_post = rc.known_calls(fv.post_tree)
             calls_pre = rc.known_calls(fv.pre_tree)
             pre_funcs = {f.name: f for f in cparse.functions(fv.pre_tree)}
+            ls = sorted(added)
             for fn in cparse.functions(fv.post_tree):
-                if not any(fn.start <= i <= fn.end for i in added):
+                if not any_in_range(ls, fn.start, fn.end):
                     continue
                 leaks = _analyse(fn.node, calls_post, post_vis)
                 leaks = [lk for lk in leaks if lk.acquire.line in added or lk.exit_line in added]

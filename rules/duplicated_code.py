@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
+
+import numpy as np
 
 from reviewbot import dupindex as dx
 from reviewbot.engine import PatchContext, Rule
@@ -95,14 +98,16 @@ class DuplicatedCode(Rule):
         """A twin added earlier in the series (or earlier in this patch)."""
         order = [c for c in (ctx.all_patches or [ctx])]
         me = (order.index(ctx), unit.path, unit.start)
-        fps = set(unit.fps.tolist())
+        fps = _fps_set(unit.codes)
         for c, u in series_units:
             if u is unit or (order.index(c), u.path, u.start) >= me:
                 continue
-            if len(fps & set(u.fps.tolist())) < 3:
+            if len(fps & _fps_set(u.codes)) < 3:
                 continue
             same_dir = os.path.dirname(u.path) == os.path.dirname(unit.path)
             if not _alike(unit.codes, u.codes, same_dir):
+                continue
+            if not _may_cover(unit.codes, u.codes, NEAR if same_dir else FAR):
                 continue
             lk = dx.likeness(unit.codes, u.codes)
             if lk.coverage >= (NEAR if same_dir else FAR):
@@ -121,7 +126,7 @@ class DuplicatedCode(Rule):
                 continue
             if any(n in fv.added_lines for n in (sp.start, sp.end)):
                 continue   # also new: the series check covers it
-            if not _alike(unit.codes, codes, True):
+            if not _alike(unit.codes, codes, True) or not _may_cover(unit.codes, codes, NEAR):
                 continue
             lk = dx.likeness(unit.codes, codes)
             if lk.coverage >= NEAR:
@@ -149,20 +154,31 @@ class DuplicatedCode(Rule):
                 for sp, codes, lines in dx.function_codes(text):
                     if sp.name != func.name or not _alike(unit.codes, codes, same_dir):
                         continue
+                    if not _may_cover(unit.codes, codes, NEAR if same_dir else FAR):
+                        continue
                     lk = dx.likeness(unit.codes, codes)
                     if lk.coverage >= (NEAR if same_dir else FAR):
                         return ("tree", func.path, int(lines[lk.other_first]), int(lines[lk.other_last]),
                                 sp.name, lk.coverage, same_dir)
             return None
         if udir not in dir_cache:
-            dir_cache[udir] = dx.directory_functions(ctx.tree_path, ctx.base, udir, set(touched))
-        for path, sp, codes, lines in dir_cache[udir]:
-            if not _alike(unit.codes, codes, True):
-                continue
-            lk = dx.likeness(unit.codes, codes)
-            if lk.coverage >= NEAR:
-                return ("tree", path, int(lines[lk.other_first]), int(lines[lk.other_last]),
-                        sp.name, lk.coverage, True)
+            dir_cache[udir] = _directory_texts(ctx.tree_path, ctx.base, udir, frozenset(touched))
+        qc = _calls_list(unit.codes)
+        for path, text in dir_cache[udir]:
+            # what dx.directory_functions() gives, one file at a time; a file
+            # none of whose functions can call 90% of what the unit calls is
+            # not tokenised at all
+            if qc:
+                sup = _superset(text)
+                if sum(1 for c in qc if c in sup) / len(qc) < CALLS:
+                    continue
+            for sp, codes, lines in dx.function_codes(text):
+                if not _alike(unit.codes, codes, True) or not _may_cover(unit.codes, codes, NEAR):
+                    continue
+                lk = dx.likeness(unit.codes, codes)
+                if lk.coverage >= NEAR:
+                    return ("tree", path, int(lines[lk.other_first]), int(lines[lk.other_last]),
+                            sp.name, lk.coverage, True)
         return None
 
     def _report(self, unit, where, path, line, end, func, cov, same_dir):
@@ -181,10 +197,120 @@ class DuplicatedCode(Rule):
 
 
 def _alike(query, other, same_dir: bool) -> bool:
-    """Cheap checks first: big enough, and calling the same functions."""
+    """Cheap checks first: big enough, and calling the same functions
+    (dx.calls_shared(query, other) >= CALLS, with the call sets cached)."""
     if not same_dir and len(query) < FAR_MIN_TOKENS:
         return False
-    return dx.calls_shared(query, other) >= CALLS
+    qc = _calls_list(query)
+    if not qc:
+        return 1.0 >= CALLS
+    oc = _calls_set(other)
+    return sum(1 for c in qc if c in oc) / len(qc) >= CALLS
+
+
+def _may_cover(query, other, threshold: float) -> bool:
+    """False when dx.likeness(query, other).coverage is surely below
+    threshold: the tokens it matches are at most the tokens the two share
+    (as multisets)."""
+    if not len(query) or not len(other):
+        return True
+    uq, cq = _counts(query)
+    uo, co = _counts(other)
+    _, iq, io = np.intersect1d(uq, uo, assume_unique=True, return_indices=True)
+    shared = int(np.minimum(cq[iq], co[io]).sum())
+    if shared / len(query) < threshold:
+        return False
+    # a matched token lies in a block of >= 4 tokens found in both, so
+    # inside a 4-gram of the query that the other code has too (hashes of
+    # 4-grams: a collision can only let more through)
+    if len(query) < _BLOCK or len(other) < _BLOCK:
+        return False            # no block: coverage 0
+    hq = _grams(query)
+    common = np.isin(hq, _derived("grams_u", other, lambda c: np.unique(_grams(c))))
+    cover = np.zeros(len(query), dtype=bool)
+    n = len(hq)
+    for k in range(_BLOCK):
+        cover[k:k + n] |= common
+    return int(cover.sum()) / len(query) >= threshold
+
+
+_BLOCK = 4       # dx.likeness()'s min_block
+_GRAM_MUL = [np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 1)]
+
+
+def _grams(codes) -> np.ndarray:
+    """A 64-bit hash of every run of _BLOCK tokens."""
+    def make(c):
+        c = c.astype(np.uint64)
+        n = len(c) - _BLOCK + 1
+        h = np.zeros(n, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(_BLOCK):
+                h = (h ^ c[j:j + n]) * _GRAM_MUL[j] + np.uint64(j + 1)
+        return h
+    return _derived("grams", codes, make)
+
+
+# Derived data of token arrays (which are cached and read-only elsewhere),
+# keyed by the array's identity; the array is kept so the id stays valid.
+_DERIVED: "OrderedDict[tuple, tuple]" = OrderedDict()
+_DERIVED_SIZE = 32768
+
+
+def _derived(kind: str, codes, make):
+    key = (kind, id(codes))
+    got = _DERIVED.get(key)
+    if got is not None and got[0] is codes:
+        _DERIVED.move_to_end(key)
+        return got[1]
+    val = make(codes)
+    _DERIVED[key] = (codes, val)
+    if len(_DERIVED) > _DERIVED_SIZE:
+        _DERIVED.popitem(last=False)
+    return val
+
+
+def _calls_list(codes) -> list[int]:
+    return _derived("qc", codes, lambda c: c[(c & 3) == 3].tolist())
+
+
+def _calls_set(codes) -> set[int]:
+    return _derived("oc", codes, lambda c: set(c[(c & 3) == 3].tolist()))
+
+
+def _fps_set(codes) -> set[int]:
+    """set(Unit.fps.tolist()) of a unit with these codes."""
+    return _derived("fps", codes, lambda c: set(dx.fingerprints(c).tolist()))
+
+
+def _counts(codes):
+    return _derived("counts", codes, lambda c: np.unique(c, return_counts=True))
+
+
+_DIRS: "OrderedDict[tuple, list]" = OrderedDict()
+_SUPERSETS: "OrderedDict[str, frozenset]" = OrderedDict()
+
+
+def _directory_texts(tree: str, base: str, udir: str, skip: frozenset) -> list[tuple[str, str]]:
+    """dx.directory_texts(), remembered for the next patches of a series."""
+    key = (tree, base, udir, skip)
+    got = _DIRS.get(key)
+    if got is None:
+        got = _DIRS[key] = dx.directory_texts(tree, base, udir, set(skip))
+        if len(_DIRS) > 8:
+            _DIRS.popitem(last=False)
+    else:
+        _DIRS.move_to_end(key)
+    return got
+
+
+def _superset(text: str) -> frozenset:
+    got = _SUPERSETS.get(text)
+    if got is None:
+        got = _SUPERSETS[text] = dx.call_code_superset(text)
+        if len(_SUPERSETS) > 256:
+            _SUPERSETS.popitem(last=False)
+    return got
 
 
 def _final_images(ctx) -> dict[str, str]:

@@ -143,11 +143,14 @@ class OpsMissingRelease(Rule):
         for struct, tables in by_type.items():
             if len(tables) < 2:
                 continue
+            touched_tables = [a for a in tables if (struct, a.name) in touched]
             for b in tables:
                 bkey = (struct, b.name)
                 old_b = pre.get(bkey)
                 missing: dict[str, tuple] = {}
-                for a in tables:
+                # a pair neither of which the series touches is skipped: when b
+                # is not touched, only the touched tables can pair with it
+                for a in (tables if bkey in touched else touched_tables):
                     if a is b or not _twins(a, b):
                         continue
                     akey = (struct, a.name)
@@ -212,7 +215,7 @@ def _after_removed(fv, member, table) -> int | None:
 def _twins(a, b) -> bool:
     if len(a.members) < 3 or len(b.members) < 3:
         return False
-    na, nb = a.names, b.names
+    na, nb = a.member_names, b.member_names
     return len(na & nb) / len(na | nb) >= _TWIN_SIMILARITY
 
 

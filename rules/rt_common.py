@@ -6,6 +6,7 @@ pairing.
 """
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -171,9 +172,16 @@ def functions_touched(fv):
     added = fv.added_lines
     post = cparse.functions(fv.post_tree)
     pre = {f.name: f for f in cparse.functions(fv.pre_tree)} if fv.pre_text else {}
+    ls = sorted(added)
     for f in post:
-        if any(f.start <= ln <= f.end for ln in added):
+        if any_in_range(ls, f.start, f.end):
             yield f, pre.get(f.name)
+
+
+def any_in_range(sorted_lines: list[int], start: int, end: int) -> bool:
+    """any(start <= ln <= end for ln in lines), for sorted lines."""
+    i = bisect.bisect_left(sorted_lines, start)
+    return i < len(sorted_lines) and sorted_lines[i] <= end
 
 
 def root_ident(node) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections import OrderedDict
+from functools import lru_cache
 
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
@@ -113,7 +115,22 @@ class RtSpinlockUnderRaw(Rule):
 
 
 def _takes_spin(fn_node) -> bool:
-    return any(c.name in SLEEPING_SPIN and not held for c, held in walk_held(fn_node))
+    """Does the function take a spinlock_t outside any other section?
+    (memoised by the function's text: a file's functions come back in
+    every image of a series)"""
+    key = (fn_node.text, fn_node.descendant_count)
+    got = _TAKES_SPIN.get(key)
+    if got is None:
+        got = any(c.name in SLEEPING_SPIN and not held for c, held in walk_held(fn_node))
+        _TAKES_SPIN[key] = got
+        if len(_TAKES_SPIN) > 8192:
+            _TAKES_SPIN.popitem(last=False)
+    else:
+        _TAKES_SPIN.move_to_end(key)
+    return got
+
+
+_TAKES_SPIN: "OrderedDict[tuple, bool]" = OrderedDict()
 
 
 def _pairs(fn, sleepers, nothread):
@@ -139,7 +156,14 @@ def _k(c) -> str:
 
 
 def _nothread_handlers(text: str) -> set[str]:
+    return set(_nothread_handlers_cached(text))
+
+
+@lru_cache(maxsize=64)
+def _nothread_handlers_cached(text: str) -> frozenset[str]:
     out = set()
+    if "IRQF_NO_THREAD" not in (text or "") and "IRQF_TIMER" not in (text or ""):
+        return frozenset()      # what the loop below needs in a match is not there
     for m in _REQ_IRQ_RE.finditer(text or ""):
         args = [a.strip() for a in m.group(1).split(",")]
         if "IRQF_NO_THREAD" in m.group(1) or "IRQF_TIMER" in m.group(1):
@@ -148,4 +172,4 @@ def _nothread_handlers(text: str) -> set[str]:
                 if re.fullmatch(r"[A-Za-z_]\w*", a) and not a.isupper() and a != "NULL":
                     out.add(a)
                     break
-    return out
+    return frozenset(out)

@@ -513,9 +513,10 @@ def test_generated_hostile(tmp_path, small_tree, generated, with_tree):
         assert outs, f"{name}: no reply written ({results[name]['stdout'][-400:]})"
     subj = _reply(results["gen/jinja-subject"])
     assert "{{ 7*7 }} {% for x in range(3) %}X{% endfor %} {# hidden #}" in subj
-    assert "49" not in subj and "XXX" not in subj and "<function" not in subj
+    # (not a bare "49": the Message-ID and Date of a reply hold digits)
+    assert "xfrm: 49" not in subj and "XXX" not in subj and "<function" not in subj
     author = _reply(results["gen/jinja-author"])
-    assert "{{ 7*7 }} {% raw %}Eve" in author and "49" not in author
+    assert "{{ 7*7 }} {% raw %}Eve" in author and "49 Eve" not in author
     shell = _reply(results["gen/shell-subject"])
     assert SHELL in " ".join(shell.split())
     assert "$(touch PWNED-from) `touch PWNED-from2`" in _reply(results["gen/shell-author"])
@@ -564,4 +565,4 @@ def test_console_script_on_hostile_mail(tmp_path, small_tree, generated):
     assert tree_state(small_tree) == before
     body = "".join(p.read_text() for p in (tmp_path / "out" / "gen_jinja-subject").iterdir())
     assert "Subject: Re: [PATCH] xfrm: " + JINJA in body
-    assert "49" not in body
+    assert "xfrm: 49" not in body

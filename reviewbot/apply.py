@@ -35,6 +35,26 @@ class ApplyResult:
     post_tree: str | None = None    # tree object after it (None if it did not apply)
 
 
+STALE_AFTER = 24 * 3600
+
+
+def _remove_stale_scratch() -> None:
+    """Scratch directories left by a reviewbot that was killed (kill -9, a
+    power cut) are removed once they are a day old; a live review never
+    runs that long."""
+    import glob
+    import time
+    now = time.time()
+    for d in glob.glob(os.path.join(tempfile.gettempdir(), "reviewbot-apply-*")):
+        try:
+            st = os.lstat(d)
+        except OSError:
+            continue
+        if (os.path.isdir(d) and not os.path.islink(d) and st.st_uid == os.getuid()
+                and now - st.st_mtime > STALE_AFTER):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class TreeSession:
     """A scratch area on top of the user's repository."""
 
@@ -47,6 +67,7 @@ class TreeSession:
         self.common_dir = self.repo.common_dir
         self.objects = os.path.join(self.common_dir, "objects")
         self._catfile: subprocess.Popen | None = None
+        _remove_stale_scratch()
         # Ctrl-C/SIGTERM between mkdtemp's mkdir and the assignment would
         # leave the directory behind unrecorded: hold signals across it.
         held = _hold_signals()

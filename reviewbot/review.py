@@ -131,7 +131,14 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
                             pre = session.read_blob(pre_tree, fd.old_path)
                         if post_tree and fd.path:
                             post = session.read_blob(post_tree, fd.path)
-                    files.append(engine.FileView(fd, pre, post))
+                    fv = engine.FileView(fd, pre, post)
+                    if fd.is_c and not fd.is_deleted:
+                        # parse now (memoised by content), so that the
+                        # rules stage measures the rules
+                        fv.post_tree
+                        if not fd.is_new:
+                            fv.pre_tree
+                    files.append(fv)
                 contexts.append(engine.PatchContext(ser, r.patch, r.patch.diff, files, session is not None,
                                                     tree_path=opts.tree if session is not None else None,
                                                     base=base))

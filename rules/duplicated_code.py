@@ -82,8 +82,11 @@ class DuplicatedCode(Rule):
 
     # -- the units of the whole series, computed once
     def _series_units(self, ctx):
+        # Keyed by the series object itself (kept alive in the entry), so a
+        # later series that happens to get the same id() is not confused
+        # with it in a long-running process such as the watcher.
         key = id(ctx.series)
-        if key not in self._units:
+        if key not in self._units or self._units[key][0] is not ctx.series:
             units = []
             for c in ctx.all_patches or [ctx]:
                 for fv in c.c_files():
@@ -91,8 +94,8 @@ class DuplicatedCode(Rule):
                         continue
                     for u in dx.added_units(fv.path, fv.post_text, fv.added_lines, MIN_TOKENS):
                         units.append((c, u))
-            self._units = {key: units}
-        return self._units[key]
+            self._units = {key: (ctx.series, units)}
+        return self._units[key][1]
 
     def _in_series(self, ctx, unit, series_units):
         """A twin added earlier in the series (or earlier in this patch)."""

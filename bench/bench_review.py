@@ -33,7 +33,7 @@ from support.lore import LoreServer  # noqa: E402
 from reviewbot import cparse  # noqa: E402
 
 CACHE = Path(os.environ.get("REVIEWBOT_BENCH_CACHE", Path.home() / ".cache" / "reviewbot-bench"))
-SERIES_FILES = {"net/core/sock_map.c": 6, "net/ipv4/tcp_bpf.c": 5, "net/core/filter.c": 6}
+SERIES_FILES = {"net/core/sock_map.c": 6, "net/ipv4/tcp_bpf.c": 5, "net/core/filter.c": 7}
 LARGE_FILE = "net/ipv4/tcp_input.c"
 AUTHOR = "Bench Author <bench@example.org>"
 

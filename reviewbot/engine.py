@@ -69,6 +69,18 @@ class FileView:
     def has_full_image(self) -> bool:
         return self.post is not None
 
+    def shown_lines(self, new: bool) -> set[int]:
+        """Line numbers of the post-image (new=True) or pre-image that the
+        diff's hunks show."""
+        out = set()
+        for h in self.diff.hunks:
+            for ln in h.lines:
+                if new and ln.kind != "-" and ln.new_no:
+                    out.add(ln.new_no)
+                if not new and ln.kind != "+" and ln.old_no:
+                    out.add(ln.old_no)
+        return out
+
 
 def reconstruct(diff: FileDiff, new: bool) -> str:
     lines: dict[int, str] = {}

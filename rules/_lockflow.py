@@ -851,14 +851,7 @@ def _image(tree, shown: set[int] | None) -> ImageInfo:
 
 
 def _shown_lines(fv, new: bool) -> set[int]:
-    out = set()
-    for h in fv.diff.hunks:
-        for ln in h.lines:
-            if new and ln.kind != "-" and ln.new_no:
-                out.add(ln.new_no)
-            if not new and ln.kind != "+" and ln.old_no:
-                out.add(ln.old_no)
-    return out
+    return fv.shown_lines(new)
 
 
 def flow_of(info: ImageInfo, name: str) -> Flow | None:

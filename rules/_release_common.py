@@ -18,14 +18,7 @@ def visible_lines(fv: FileView, new: bool) -> set[int] | None:
     """Lines of the image the rule can see: None means all (full image)."""
     if (fv.post if new else fv.pre) is not None:
         return None
-    out = set()
-    for h in fv.diff.hunks:
-        for ln in h.lines:
-            if new and ln.kind != "-" and ln.new_no:
-                out.add(ln.new_no)
-            if not new and ln.kind != "+" and ln.old_no:
-                out.add(ln.old_no)
-    return out
+    return fv.shown_lines(new)
 
 
 def all_visible(vis: set[int] | None, start: int, end: int) -> bool:

@@ -236,6 +236,7 @@ class Summary:
     acquires: list[tuple[str, str, str]] = field(default_factory=list)   # (call, kind, arg template)
     releases: list[tuple[str, str, str]] = field(default_factory=list)
     takes: set[str] = field(default_factory=set)        # every stable key it takes (transitively later)
+    cond_takes: set[str] = field(default_factory=set)   # keys of `takes` taken only under an if/switch
     take_sites: dict = field(default_factory=dict)      # key -> line
     sleeps: str | None = None                           # a direct sleeping call, unconditional
     sleep_line: int | None = None
@@ -751,10 +752,15 @@ def _base_summary(f: cparse.Function) -> tuple:
             if key_ not in taken and c.states and all(
                     not any(h.key == key_ for h in st) for st in c.states):
                 s.releases.append((c.name, kind, "" if kind in NOARG_KEY else expr))
+    cond_lines = _conditional_lines(f.node)
+    uncond = set()
     for h, _ in w.acquires:
         if h.stable and h.key not in PSEUDO:
             s.takes.add(h.key)
             s.take_sites.setdefault(h.key, h.line - start)
+            if h.line not in cond_lines:
+                uncond.add(h.key)
+    s.cond_takes = s.takes - uncond
     for c in w.calls:
         why = sleeping_call(c.name, c.args)
         if why and c.states and all(not any(h.kind in ATOMIC_KINDS for h in st) for st in c.states) \
@@ -778,7 +784,7 @@ def _summaries(funcs: list[cparse.Function]) -> dict[str, Summary]:
         start = f.start
         out[f.name] = Summary(
             b.name, list(b.params), list(b.acquires), list(b.releases), set(b.takes),
-            {k: v + start for k, v in b.take_sites.items()}, b.sleeps,
+            set(b.cond_takes), {k: v + start for k, v in b.take_sites.items()}, b.sleeps,
             None if b.sleep_line is None else b.sleep_line + start,
             None if b.sleep_end is None else b.sleep_end + start)
         called[f.name] = names
@@ -796,9 +802,31 @@ def _summaries(funcs: list[cparse.Function]) -> dict[str, Summary]:
                 new = out[cal].takes - out[name].takes
                 if new:
                     out[name].takes |= new
+                    # taken only conditionally down there: only maybe here
+                    out[name].cond_takes |= new & out[cal].cond_takes
                     changed = True
         if not changed:
             break
+    return out
+
+
+def _conditional_lines(fn_node) -> set[int]:
+    """Lines of a function holding a lone call that an if guards, as in
+
+        if (!db->in_timeout)
+                mutex_lock(&db->addr_lock);
+
+    the "take it unless we already hold it / are in that context" idiom: a
+    lock taken that way is only maybe taken.  (A braced block that locks,
+    works and unlocks under an if is an ordinary section, not this.)"""
+    out: set[int] = set()
+    for n in cparse.query_nodes(fn_node, "if_statement"):
+        for p in (n.child_by_field_name("consequence"), n.child_by_field_name("alternative")):
+            if p is not None and p.type == "else_clause":
+                p = next((c for c in p.named_children), None)
+            if p is not None and p.type == "expression_statement" and p.named_children \
+                    and p.named_children[0].type == "call_expression":
+                out.update(range(cparse.line_of(p), cparse.end_line_of(p) + 1))
     return out
 
 
@@ -884,7 +912,7 @@ def digest(info: ImageInfo, name: str, make) -> object:
         summ = info.summaries.get(c)
         if summ is not None:
             sig.append((c, tuple(summ.params), tuple(summ.acquires), tuple(summ.releases),
-                        frozenset(summ.takes)))
+                        frozenset(summ.takes), frozenset(summ.cond_takes)))
     key = (make, _fn_key(f), tuple(sig))
     got = _DIGESTS.get(key)
     if got is None:

@@ -20,6 +20,7 @@ class Edge:
     outer_expr: str
     inner_expr: str
     via: str = ""       # same-file callee that takes `inner`
+    maybe: bool = False  # the callee takes `inner` only under a condition
 
 
 def edges(info: lf.ImageInfo, only: set[str] | None = None) -> list[Edge]:
@@ -41,7 +42,7 @@ def edges(info: lf.ImageInfo, only: set[str] | None = None) -> list[Edge]:
         start = info.byname[fn.name].start
         for e in got:
             out.append(Edge(e.outer, e.inner, e.func, e.line + start, e.outer_line + start,
-                            e.outer_expr, e.inner_expr, e.via))
+                            e.outer_expr, e.inner_expr, e.via, e.maybe))
     info.memo[key] = out
     return out
 
@@ -68,7 +69,8 @@ def _fn_edges(info: lf.ImageInfo, fl, start: int) -> tuple:
         for g in held:
             for k in sorted(summ.takes):
                 if k != g.key and _usable(k):
-                    out.append(Edge(g.key, k, fname, c.line - start, g.line - start, g.expr, k, c.name))
+                    out.append(Edge(g.key, k, fname, c.line - start, g.line - start, g.expr, k, c.name,
+                                    k in summ.cond_takes))
     return tuple(out)
 
 
@@ -188,6 +190,10 @@ class LockOrderInversion(Rule):
                f"an ABBA deadlock between {_cls(e.outer)} and {_cls(e.inner)}.")
         generic = any("." in k for k in (e.outer, e.inner))
         conf = "medium" if (e.via and r.via and generic) else "high"
+        if e.maybe or r.maybe:
+            # a callee takes the lock only under a condition (often a flag
+            # that exists to avoid exactly this order): keep it out of mail
+            conf = "low"
         related = [Location(path, r.line, f"{r.func}() takes {_cls(r.inner)} under {_cls(r.outer)} here")]
         return self.finding(fv.path, line, msg, related=related, confidence=conf)
 

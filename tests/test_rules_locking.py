@@ -215,3 +215,21 @@ def test_check_then_act_outside_the_lock_is_flagged(tmp_path, sockmap_src):
                  "LCK005")
     assert len(got) == 1
     assert "sk->sk_user_data" in got[0][1].message and "sock_map_update_elem()" in got[0][1].message
+
+
+def test_lock_taken_unless_a_flag_says_held_is_not_mailed():
+    """dm9000 takes addr_lock in its PHY helpers `if (!db->in_timeout)`, so
+    the timeout path (which holds db->lock) never takes it: the order the
+    callee suggests is only a maybe, kept out of replies (low confidence)."""
+    from support import ktree
+    from reviewbot import review
+    f = "drivers/net/ethernet/davicom/dm9000.c"
+    lines = ktree.kernel_files([f])[f].decode().splitlines()
+    diff = (f"diff --git a/{f} b/{f}\nnew file mode 100644\n--- /dev/null\n+++ b/{f}\n"
+            f"@@ -0,0 +1,{len(lines)} @@\n" + "".join("+" + line + "\n" for line in lines))
+    msg = (f"From: A <a@example.org>\nSubject: [PATCH] net: add dm9000\nMessage-ID: <dm9000@example.org>\n\n"
+           f"Add it.\n---\n{diff}").encode()
+    res = review.review_mbox(msg, review.Options(only_rules={"LCK001"}))
+    found = [x for p in res.patches for x in p.findings]
+    assert found and all(x.confidence == "low" for x in found)
+    assert res.replies == []

@@ -108,7 +108,7 @@ def rules(ctx):
     if ctx.invoked_subcommand is None:
         from .engine import discover
         for r in discover():
-            click.echo(f"{r.code}  {r.name:<32} {r.family:<18} {r.severity:<8} {r.confidence}")
+            click.echo(f"{r.code:<8} {r.name:<32} {r.family:<18} {r.severity:<8} {r.confidence}")
 
 
 @rules.command()

@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from typing import Iterable
 
 from . import cparse
-from .diffmodel import DiffLine, FileDiff, PatchDiff
+from .diffmodel import FileDiff, PatchDiff
 from .findings import Finding, Location
 
 log = logging.getLogger(__name__)

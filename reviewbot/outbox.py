@@ -7,7 +7,6 @@ import email.utils
 import os
 import tempfile
 from email.message import EmailMessage
-from email.headerregistry import Address
 
 from .render import ReplyDraft
 

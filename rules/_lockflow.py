@@ -348,12 +348,6 @@ class Walker:
         calls.sort(key=lambda n: (n.end_byte, -n.start_byte))
         for c in calls:
             states = self.call(c, states)
-        # `ret = mutex_lock_interruptible(&m);`
-        if node.type == "assignment_expression":
-            right = node.child_by_field_name("right")
-            left = node.child_by_field_name("left")
-            if right is not None and right.type == "call_expression" and _call_name(right) in ZEROLOCK:
-                pass
         return states
 
     def call(self, node, states):
@@ -924,6 +918,16 @@ def digest(info: ImageInfo, name: str, make) -> object:
         _DIGESTS.move_to_end(key)
     memo[name] = got
     return got
+
+
+def touched_files(ctx):
+    """(file view, its touched functions, the post-image analysis) for each
+    C file of the patch that has added lines inside functions: the loop
+    every locking rule starts with."""
+    for fv in ctx.c_files():
+        touched = touched_functions(fv)
+        if touched:
+            yield fv, touched, image(fv, "post")
 
 
 def touched_functions(fv) -> list[tuple[cparse.Function, set[int]]]:

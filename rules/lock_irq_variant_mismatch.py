@@ -68,11 +68,7 @@ class LockIrqVariantMismatch(Rule):
     confidence = "low"
 
     def check_patch(self, ctx: PatchContext):
-        for fv in ctx.c_files():
-            touched = lf.touched_functions(fv)
-            if not touched:
-                continue
-            post = lf.image(fv, "post")
+        for fv, touched, post in lf.touched_files(ctx):
             pre = None
             for fn, added in touched:
                 if _CTX_FN.search(fn.name) or _irq_handler(fn):

@@ -128,11 +128,7 @@ class LockOrderInversion(Rule):
     confidence = "high"
 
     def check_patch(self, ctx: PatchContext):
-        for fv in ctx.c_files():
-            touched = lf.touched_functions(fv)
-            if not touched:
-                continue
-            post = lf.image(fv, "post")
+        for fv, touched, post in lf.touched_files(ctx):
             names = {fn.name for fn, _ in touched}
             new = edges(post, names)
             if not new:

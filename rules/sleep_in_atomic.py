@@ -56,11 +56,7 @@ class SleepInAtomic(Rule):
     confidence = "high"
 
     def check_patch(self, ctx: PatchContext):
-        for fv in ctx.c_files():
-            touched = lf.touched_functions(fv)
-            if not touched:
-                continue
-            post = lf.image(fv, "post")
+        for fv, touched, post in lf.touched_files(ctx):
             pre = lf.image(fv, "pre")
             for fn, added in touched:
                 yield from self._direct(fv, post, pre, fn, added)

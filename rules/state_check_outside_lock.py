@@ -90,11 +90,7 @@ class StateCheckOutsideLock(Rule):
     confidence = "medium"
 
     def check_patch(self, ctx: PatchContext):
-        for fv in ctx.c_files():
-            touched = lf.touched_functions(fv)
-            if not touched:
-                continue
-            post = lf.image(fv, "post")
+        for fv, touched, post in lf.touched_files(ctx):
             pre = None
             funcs = set(post.byname)
             for fn, added in touched:

@@ -229,11 +229,33 @@ def functions(tree: tree_sitter.Tree) -> list[Function]:
     m = _memo(tree.root_node)
     if "functions" not in m:
         out = []
-        for n in query_nodes(tree.root_node, "function_definition"):
+        for n in _function_nodes(tree.root_node):
             name = _declarator_name(n.child_by_field_name("declarator"))
             out.append(Function(name, line_of(n), end_line_of(n), n))
         m["functions"] = out
     return list(m["functions"])
+
+
+# Where function definitions stand: at top level, or inside these (an
+# #ifdef, an error-recovery node around a macro, extern "C" blocks).
+_FUNCTION_HOLDERS = frozenset({"translation_unit", "preproc_if", "preproc_ifdef", "preproc_else",
+                               "preproc_elif", "preproc_elifdef", "ERROR", "linkage_specification",
+                               "declaration_list", "compound_statement"})
+
+
+def _function_nodes(root: tree_sitter.Node) -> list[tree_sitter.Node]:
+    """The function_definition nodes of a file, in document order, found by
+    walking only the nodes that can hold them (a query over a whole big
+    file costs more)."""
+    out = []
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if n.type == "function_definition":
+            out.append(n)
+        elif n.type in _FUNCTION_HOLDERS:
+            stack.extend(reversed(n.children))
+    return out
 
 
 def function_at(funcs: list[Function], line: int) -> Function | None:

@@ -335,6 +335,11 @@ def _analyse(fn_node, file_calls: set[str], vis: set[int] | None) -> list[_Leak]
                     fail_if = sib
                 break           # only the statement right after the acquire
         rel_calls = [r for r in calls if r.name in rels and r.args and _norm(r.args[0]) == _norm(resource)]
+        # Any release of that kind counts as this resource's release on an
+        # exit path: the same object often goes by another name there
+        # (`priv->subsys` vs `bus->p->subsys`), and some are released by
+        # name (`proc_mkdir()` / `remove_proc_entry("bus/input", NULL)`).
+        rel_any = [r for r in calls if r.name in rels]
         ladder = any(r.line > c.line for r in rel_calls)
         if status and var is None and not ladder and c.name not in STATUS_ACQUIRES \
                 and not _is_registration(c.name):
@@ -364,7 +369,7 @@ def _analyse(fn_node, file_calls: set[str], vis: set[int] | None) -> list[_Leak]
                     continue
                 if not (_ERROR_RET_RE.match(expr) or _consequence_of(ex) is not None):
                     continue
-                if _released_before(ex, c, rel_calls, calls, resource, anc):
+                if _released_before(ex, c, rel_any, calls, resource, anc):
                     continue
             else:
                 lab = ex.child_by_field_name("label")
@@ -375,10 +380,10 @@ def _analyse(fn_node, file_calls: set[str], vis: set[int] | None) -> list[_Leak]
                     continue
                 if vis is not None and not all(i in vis for i in range(cparse.line_of(target), fn_end + 1)):
                     continue
-                if _released_before(ex, c, rel_calls, calls, resource, anc):
+                if _released_before(ex, c, rel_any, calls, resource, anc):
                     continue
                 tl = cparse.line_of(target)
-                if any(r.line >= tl for r in rel_calls) or any(
+                if any(r.line >= tl for r in rel_any) or any(
                         r.line >= tl and r.name not in rels and _passes(r, resource) for r in calls):
                     continue
             if not var or not _transferred_before(body, resource, c, ex):

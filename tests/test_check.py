@@ -11,7 +11,6 @@ public-inbox server on loopback, in a real (small) kernel tree.
 from __future__ import annotations
 
 import email.policy
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from support import ktree
+from support.treestate import tree_state
 
 SEED004_PATCH = "seed004.0.f0c0e0fcc876@fixtures.invalid"
 XFRM = "net/xfrm/xfrm_input.c"
@@ -69,19 +69,6 @@ def clean_lore(tmp_path_factory, xfrm_tree):
         srv.add_inbox("netdev", [clean_patch(xfrm_tree, CLEAN)])
         srv.start()
         yield srv
-
-
-def tree_state(tree: Path) -> tuple:
-    """Everything of the user's tree a review must not change."""
-    env = ktree.git_env()
-    files = sorted(p for p in tree.rglob("*") if p.is_file() and ".git/objects" not in str(p))
-    digest = hashlib.sha256()
-    for p in files:
-        digest.update(str(p.relative_to(tree)).encode() + b"\0" + p.read_bytes())
-    return (digest.hexdigest(),
-            ktree.git(tree, "status", "--porcelain", "--ignored", env=env),
-            ktree.git(tree, "for-each-ref", env=env),
-            ktree.git(tree, "count-objects", "-v", env=env))
 
 
 def clean_patch(tree: Path, msgid: str) -> bytes:

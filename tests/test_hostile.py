@@ -26,7 +26,6 @@ executable.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import random
@@ -38,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from support import ktree
+from support.treestate import tree_state
 
 HERE = Path(__file__).resolve().parent
 HOSTILE = HERE / "data" / "hostile"
@@ -396,39 +396,6 @@ def small_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory, small_tree) -> dict[str, Path]:
     return generated_cases(tmp_path_factory.mktemp("hostile"), small_tree)
-
-
-# ---------------------------------------------------------------------------
-# the user's tree: what "byte-identical" means
-# ---------------------------------------------------------------------------
-
-def tree_state(tree: Path) -> dict:
-    """Everything about a git tree a review could disturb."""
-    def g(*args):
-        return subprocess.run(["git", "--no-optional-locks", *args], cwd=tree, capture_output=True,
-                              env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull}).stdout
-    h = hashlib.sha256()
-    gitdir = Path(g("rev-parse", "--absolute-git-dir").decode().strip())
-    common = Path(g("rev-parse", "--path-format=absolute", "--git-common-dir").decode().strip())
-    for p in sorted(tree.rglob("*")):
-        rel = p.relative_to(tree)
-        if rel.parts[0] == ".git" and len(rel.parts) > 1 and rel.parts[1] == "objects":
-            continue
-        h.update(str(rel).encode() + b"\0")
-        if p.is_symlink():
-            h.update(b"L" + os.readlink(p).encode())
-        elif p.is_file():
-            h.update(p.read_bytes())
-    objects = sorted(str(p.relative_to(common)) for p in (common / "objects").rglob("*"))
-    return {
-        "status": g("status", "--porcelain", "--ignored"),
-        "stash": g("stash", "list"),
-        "worktrees": g("worktree", "list", "--porcelain"),
-        "refs": g("for-each-ref"),
-        "index": (gitdir / "index").read_bytes() if (gitdir / "index").exists() else None,
-        "files": h.hexdigest(),
-        "objects": objects,
-    }
 
 
 # ---------------------------------------------------------------------------

@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from support.treestate import tree_state
+
 pytestmark = pytest.mark.slow
-
-
-def _state(tree) -> str:
-    h = hashlib.sha256()
-    for args in (["status", "--porcelain"], ["for-each-ref"], ["stash", "list"], ["worktree", "list"],
-                 ["count-objects", "-v"]):
-        h.update(subprocess.run(["git", "-C", str(tree), *args], capture_output=True).stdout)
-    h.update((tree / ".git" / "index").read_bytes())
-    return h.hexdigest()
 
 
 def _patch(tree, path: str, old: str, new: str, subject: str) -> bytes:
@@ -43,7 +36,7 @@ def test_review_against_the_full_tree(full_kernel_tree, tmp_path):
                   "#ifdef CONFIG_PREEMPT_RT\n\tskb_queue_tail(&trans->queue, skb);\n#else\n"
                   "\t__skb_queue_tail(&trans->queue, skb);\n#endif\n", "xfrm: lock the queue on RT")
     (tmp_path / "p.mbox").write_bytes(good)
-    before = _state(tree)
+    before = tree_state(tree, files=False)
     p = subprocess.run([sys.executable, "-m", "reviewbot.cli", "review", str(tmp_path / "p.mbox"),
                         "--tree", str(tree), "--format", "json"], capture_output=True, timeout=300)
     assert p.returncode == 0, p.stderr.decode()
@@ -51,11 +44,11 @@ def test_review_against_the_full_tree(full_kernel_tree, tmp_path):
     patch = out["patches"][0]
     assert patch["applies"] is True and out["series"]["base"] == base
     assert "RT001" in [f["rule"] for f in patch["findings"]]
-    assert _state(tree) == before
+    assert tree_state(tree, files=False) == before
     # the seed (2019) does not apply to 6.1: reported, reviewed anyway, tree intact
     p = subprocess.run([sys.executable, "-m", "reviewbot.cli", "review",
                         str(Path(__file__).parent / "data/seeds/seed004.mbox"), "--tree", str(tree), "--format", "json"],
                        capture_output=True, timeout=300)
     out = json.loads(p.stdout)
     assert out["patches"][0]["applies"] is False and out["patches"][0]["findings"]
-    assert _state(tree) == before
+    assert tree_state(tree, files=False) == before

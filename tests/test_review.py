@@ -1,7 +1,6 @@
 """`reviewbot review` end to end: seeds in, replies out; trees untouched."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from support import ktree
+from support.treestate import tree_state
 
 DATA = Path(__file__).resolve().parent / "data"
 REVIEWER = "Rita Reviewer <rita@example.org>"
@@ -174,20 +174,6 @@ def test_lore_url_from_git_config(lore, tmp_path):
 # -- applying to a tree of real 6.1 files -------------------------------
 
 XFRM = "net/xfrm/xfrm_input.c"
-
-
-def tree_state(tree: Path) -> str:
-    """Everything a user could notice about a tree: files, index, refs,
-    stash, worktrees, objects."""
-    h = hashlib.sha256()
-    for p in sorted(tree.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(tree)).encode())
-            h.update(p.read_bytes())
-    for args in (["status", "--porcelain", "--ignored"], ["stash", "list"], ["worktree", "list"],
-                 ["for-each-ref"], ["count-objects", "-v"]):
-        h.update(subprocess.run(["git", "-C", str(tree), *args], capture_output=True).stdout)
-    return h.hexdigest()
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from support import ktree
-from test_hostile import TREE_FILES, tree_state
+from support.treestate import tree_state
+from test_hostile import TREE_FILES
 
 HERE = Path(__file__).resolve().parent
 REVIEWBOT = shutil.which("reviewbot")

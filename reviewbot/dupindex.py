@@ -274,18 +274,21 @@ def _indexable(path: str) -> bool:
     return path.endswith(SUFFIXES)
 
 
-def ls_tree(env: dict, commit: str) -> list[tuple[str, str]]:
-    """(blob, path) of the C files of COMMIT, sorted by path."""
-    out = _git(env, "ls-tree", "-r", "-z", "--full-tree", commit)
-    res = []
+def _ls_tree_blobs(out: bytes):
+    """(mode, sha, name) of the blob records of `git ls-tree -z` output."""
     for rec in out.split(b"\0"):
         if not rec:
             continue
-        meta, _, path = rec.partition(b"\t")
+        meta, _, name = rec.partition(b"\t")
         mode, typ, sha = meta.split()
-        p = path.decode(errors="replace")
-        if typ == b"blob" and mode != b"120000" and _indexable(p):
-            res.append((sha.decode(), p))
+        if typ == b"blob":
+            yield mode, sha.decode(), name.decode(errors="replace")
+
+
+def ls_tree(env: dict, commit: str) -> list[tuple[str, str]]:
+    """(blob, path) of the C files of COMMIT, sorted by path."""
+    out = _git(env, "ls-tree", "-r", "-z", "--full-tree", commit)
+    res = [(sha, p) for mode, sha, p in _ls_tree_blobs(out) if mode != b"120000" and _indexable(p)]
     res.sort(key=lambda e: e[1])
     return res
 
@@ -865,14 +868,10 @@ def directory_texts(tree: str, commit: str, directory: str, skip: set[str],
     except RuntimeError:
         return []
     ents = []
-    for rec in out.split(b"\0"):
-        if not rec:
-            continue
-        meta, _, name = rec.partition(b"\t")
-        mode, typ, sha = meta.split()
-        p = f"{directory}/{name.decode()}" if directory else name.decode()
-        if typ == b"blob" and p.endswith(".c") and p not in skip:
-            ents.append((sha.decode(), p))
+    for _, sha, name in _ls_tree_blobs(out):
+        p = f"{directory}/{name}" if directory else name
+        if p.endswith(".c") and p not in skip:
+            ents.append((sha, p))
     ents = ents[:max_files]
     res, total = [], 0
     reader = BlobReader(env)

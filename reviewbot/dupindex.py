@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import zlib
@@ -332,6 +333,12 @@ _WORKER_READER: BlobReader | None = None
 
 def _worker_init(env: dict) -> None:
     global _WORKER_READER
+    if multiprocessing.current_process().name != "MainProcess":
+        # A pool worker: the parent handles ^C and stops the pool with
+        # SIGTERM, which must end the worker quietly (the handler
+        # inherited from the CLI would raise and print a traceback).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER_READER = BlobReader(env)
 
 

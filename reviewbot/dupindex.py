@@ -66,6 +66,7 @@ KEYWORDS = frozenset(
     "union unsigned void volatile while bool true false NULL".split())
 ID, LIT = "$", "#"
 SKIP = 1            # code of comments and preprocessor lines: dropped
+NL = 4              # code of a newline (tokens_with_lines only; no crc code ends in 00)
 
 
 def canonical(tok: str) -> str | None:
@@ -94,7 +95,7 @@ class _Coder:
     form, so every process agrees)."""
 
     def __init__(self):
-        self.memo: dict[str, int] = {}
+        self.memo: dict[str, int] = {"\n": NL}
 
     def code(self, tok: str) -> int:
         c = canonical(tok)
@@ -105,6 +106,7 @@ class _Coder:
             v = (zlib.crc32(c.encode()) & ~3) | (3 if call else 2)
         if len(self.memo) > 400_000:
             self.memo.clear()
+            self.memo["\n"] = NL
         self.memo[tok] = v
         return v
 
@@ -115,6 +117,8 @@ class _Coder:
 
 
 _CODER = _Coder()
+_TOK_NL = re.compile(r"\n|" + _TOK.pattern, re.S)
+_LIT_CODE = _CODER.code('""')
 
 
 def code_tokens(text: str) -> np.ndarray:
@@ -124,20 +128,21 @@ def code_tokens(text: str) -> np.ndarray:
 
 def tokens_with_lines(text: str, first_line: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Codes and 1-based line numbers of the tokens of TEXT (for locating
-    matches in small texts)."""
-    toks, starts = [], []
-    ta, sa = toks.append, starts.append
-    for m in _TOK.finditer(text):
-        ta(m.group())
-        sa(m.start())
+    matches in small texts).  Newlines are tokens of their own here, so
+    that one findall() (C speed) gives both; a token spanning lines (a
+    comment, a continued preprocessor line or literal) adds its own."""
+    toks = _TOK_NL.findall(text)
     get, code = _CODER.memo.get, _CODER.code
     arr = np.array([get(t) or code(t) for t in toks], dtype=np.uint32)
-    keep = arr != SKIP
-    # line of a token: first_line + newlines before its start
-    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    newlines = np.flatnonzero(points == 10)
-    lines = np.searchsorted(newlines, np.array(starts, dtype=np.int64), side="left").astype(np.int64)
+    inc = (arr == NL).astype(np.int64)
+    for i in np.flatnonzero((arr == SKIP) | (arr == _LIT_CODE)).tolist():
+        k = toks[i].count("\n")
+        if k:
+            inc[i] += k
+    lines = np.cumsum(inc)
+    lines -= inc                    # newlines before each token's start
     lines += first_line
+    keep = (arr != SKIP) & (arr != NL)
     return arr[keep], lines[keep]
 
 
@@ -447,7 +452,9 @@ def _write(dirpath: Path, meta: dict, paths: list[tuple[str, str]], rows, names,
         np.save(tmp / "funcs.npy", rows)
         if dead is not None:
             np.save(tmp / "dead.npy", dead)
-        (tmp / "names.txt").write_text("\n".join(names) + "\n")
+        blob = ("\n".join(names) + "\n").encode("utf-8", errors="replace")
+        (tmp / "names.txt").write_bytes(blob)
+        np.save(tmp / "names_end.npy", _line_ends(blob))
         (tmp / "paths.txt").write_text("".join(f"{b} {p}\n" for b, p in paths))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if dirpath.exists():
@@ -472,6 +479,43 @@ class Func:
     blob: str
 
 
+class _PathTable:
+    """The "blob path" lines of paths.txt, split when one is asked for (a
+    review looks up a few of the tree's 55k files)."""
+
+    def __init__(self, lines: list[str]):
+        self._lines = lines
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __getitem__(self, i: int) -> list[str]:
+        return self._lines[i].split(" ", 1)
+
+    def __iter__(self):
+        for ln in self._lines:
+            yield ln.split(" ", 1)
+
+
+def _line_ends(data: bytes) -> np.ndarray:
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10).astype(np.uint64)
+
+
+class _NameTable:
+    """The lines of names.txt by number, without splitting all of them."""
+
+    def __init__(self, data: bytes, ends: np.ndarray | None = None):
+        self._data = data
+        self._ends = ends if ends is not None else _line_ends(data)
+
+    def __getitem__(self, i: int) -> str:
+        if i < 0 or i > len(self._ends):
+            raise IndexError(i)
+        lo = int(self._ends[i - 1]) + 1 if i > 0 else 0
+        hi = int(self._ends[i]) if i < len(self._ends) else len(self._data)
+        return self._data[lo:hi].decode("utf-8", errors="replace")
+
+
 class _Segment:
     """One stored fingerprint table (a full index, or a delta)."""
 
@@ -481,14 +525,16 @@ class _Segment:
         self.hash = np.load(d / "fp_hash.npy", mmap_mode="r")
         self.fid = np.load(d / "fp_fid.npy", mmap_mode="r")
         self.funcs = np.load(d / "funcs.npy")
-        self.paths = [ln.split(" ", 1) for ln in (d / "paths.txt").read_text().splitlines()]
+        self.paths = _PathTable((d / "paths.txt").read_text().splitlines())
         self.dead = np.load(d / "dead.npy") if (d / "dead.npy").exists() else np.zeros(0, np.uint32)
         self._names = None
 
     @property
-    def names(self) -> list[str]:
+    def names(self) -> "_NameTable":
         if self._names is None:
-            self._names = (self.dir / "names.txt").read_text().split("\n")
+            ends = self.dir / "names_end.npy"
+            self._names = _NameTable((self.dir / "names.txt").read_bytes(),
+                                     np.load(ends, mmap_mode="r") if ends.exists() else None)
         return self._names
 
     def lookup(self, fps: np.ndarray, max_postings: int) -> np.ndarray:
@@ -821,6 +867,26 @@ def function_codes(text: str) -> list[tuple[Span, np.ndarray, np.ndarray]]:
         codes, rel = _body_tokens(text[sp.body_off:sp.end_off])
         out.append((sp, codes, rel + line))
     return out
+
+
+def named_function_codes(text: str, name: str) -> list[tuple[Span, np.ndarray, np.ndarray]]:
+    """function_codes(TEXT) of the functions called NAME only (a candidate
+    the index names: the rest of its file is not tokenised)."""
+    out = []
+    line, pos = 1, 0
+    for sp in _split_cached(text):
+        if sp.name != name:
+            continue
+        line += text.count("\n", pos, sp.body_off)
+        pos = sp.body_off
+        codes, rel = _body_tokens(text[sp.body_off:sp.end_off])
+        out.append((sp, codes, rel + line))
+    return out
+
+
+@lru_cache(maxsize=64)
+def _split_cached(text: str) -> tuple[Span, ...]:
+    return tuple(split_functions(text))
 
 
 @lru_cache(maxsize=16384)

@@ -63,6 +63,8 @@ class DuplicatedCode(Rule):
 
     def __init__(self):
         self._units: dict[int, list[tuple[object, dx.Unit]]] = {}
+        self._postings = None
+        self._old_funcs = None
 
     def check_patch(self, ctx: PatchContext):
         series_units = self._series_units(ctx)
@@ -99,13 +101,15 @@ class DuplicatedCode(Rule):
 
     def _in_series(self, ctx, unit, series_units):
         """A twin added earlier in the series (or earlier in this patch)."""
-        order = [c for c in (ctx.all_patches or [ctx])]
-        me = (order.index(ctx), unit.path, unit.start)
-        fps = _fps_set(unit.codes)
-        for c, u in series_units:
-            if u is unit or (order.index(c), u.path, u.start) >= me:
-                continue
-            if len(fps & _fps_set(u.codes)) < 3:
+        order, posting = self._series_postings(ctx, series_units)
+        me = order[id(unit)]
+        shared: dict[int, int] = {}
+        for fp in _fps_set(unit.codes):
+            for j in posting.get(fp, ()):
+                shared[j] = shared.get(j, 0) + 1
+        for j in sorted(j for j, n in shared.items() if n >= 3):
+            c, u = series_units[j]
+            if u is unit or order[id(u)] >= me:
                 continue
             same_dir = os.path.dirname(u.path) == os.path.dirname(unit.path)
             if not _alike(unit.codes, u.codes, same_dir):
@@ -119,16 +123,29 @@ class DuplicatedCode(Rule):
                         u.func, lk.coverage, same_dir)
         return None
 
+    def _series_postings(self, ctx, series_units):
+        """(order key of each unit by id, fingerprint -> units holding it),
+        computed once per series."""
+        got = self._postings
+        if got is not None and got[0] is series_units:
+            return got[1], got[2]
+        patches = {id(c): i for i, c in enumerate(ctx.all_patches or [ctx])}
+        order = {id(u): (patches.get(id(c), -1), u.path, u.start) for c, u in series_units}
+        posting: dict[int, list[int]] = {}
+        for j, (_, u) in enumerate(series_units):
+            for fp in _fps_set(u.codes):
+                posting.setdefault(fp, []).append(j)
+        self._postings = (series_units, order, posting)
+        return order, posting
+
     def _in_file(self, ctx, unit):
         """A twin in the same file's post-image (code that was there before)."""
         fv = next(f for f in ctx.c_files() if f.path == unit.path)
         if not fv.has_full_image:
             return None
-        for sp, codes, lines in dx.function_codes(fv.post_text):
+        for sp, codes, lines in self._old_functions(fv):
             if sp.start <= unit.start <= sp.end or sp.start <= unit.end <= sp.end:
                 continue
-            if any(n in fv.added_lines for n in (sp.start, sp.end)):
-                continue   # also new: the series check covers it
             if not _alike(unit.codes, codes, True) or not _may_cover(unit.codes, codes, NEAR):
                 continue
             lk = dx.likeness(unit.codes, codes)
@@ -136,6 +153,17 @@ class DuplicatedCode(Rule):
                 return ("this file", unit.path, int(lines[lk.other_first]), int(lines[lk.other_last]),
                         sp.name, lk.coverage, True)
         return None
+
+    def _old_functions(self, fv):
+        """The functions of a post-image that the patch does not add (new
+        ones are the series check's)."""
+        got = self._old_funcs
+        if got is None or got[0] is not fv:
+            added = fv.added_lines
+            funcs = [(sp, codes, lines) for sp, codes, lines in dx.function_codes(fv.post_text)
+                     if sp.start not in added and sp.end not in added]
+            got = self._old_funcs = (fv, funcs)
+        return got[1]
 
     def _in_tree(self, ctx, unit, idx, dir_cache):
         touched = _final_images(ctx)
@@ -154,8 +182,8 @@ class DuplicatedCode(Rule):
                 text = touched[func.path] if func.path in touched else idx.read_blob(func.blob)
                 if text is None:
                     continue
-                for sp, codes, lines in dx.function_codes(text):
-                    if sp.name != func.name or not _alike(unit.codes, codes, same_dir):
+                for sp, codes, lines in dx.named_function_codes(text, func.name):
+                    if not _alike(unit.codes, codes, same_dir):
                         continue
                     if not _may_cover(unit.codes, codes, NEAR if same_dir else FAR):
                         continue

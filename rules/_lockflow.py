@@ -717,16 +717,21 @@ def _base_summary(f: cparse.Function) -> tuple:
         _BASE.move_to_end(key)
         return got
     start = f.start
-    w = Walker(f).run()
     params = []
     decl = f.node.child_by_field_name("declarator")
-    for n in cparse.walk(decl) if decl is not None else []:
-        if n.type == "parameter_declaration":
-            v = cparse._declarator_name(n.child_by_field_name("declarator"))
-            if v:
-                params.append(v)
-        if n.type == "parameter_list" and params:
-            pass
+    for n in cparse.query_nodes(decl, "parameter_declaration") if decl is not None else []:
+        v = cparse._declarator_name(n.child_by_field_name("declarator"))
+        if v:
+            params.append(v)
+    calls = cparse.calls(f.node)
+    if not any(c.name in _LOCKISH or sleeping_call(c.name, c.args) for c in calls):
+        # nothing the walk below would record: skip it (most functions)
+        got = (Summary(f.name, params), frozenset(c.name for c in calls))
+        _BASE[key] = got
+        if len(_BASE) > _BASE_SIZE:
+            _BASE.popitem(last=False)
+        return got
+    w = Walker(f).run()
     s = Summary(f.name, params)
     # net acquires: held at every exit
     if w.exits:
@@ -766,6 +771,12 @@ def _base_summary(f: cparse.Function) -> tuple:
     if len(_BASE) > _BASE_SIZE:
         _BASE.popitem(last=False)
     return got
+
+
+# Call names that make a function's own summary non-empty (with
+# sleeping_call()): acquires, releases, trylocks, guard()/scoped_guard().
+_LOCKISH = frozenset(ACQUIRE) | frozenset(RELEASE) | frozenset(TRYLOCK) | frozenset(ZEROLOCK) \
+    | {"guard", "scoped_guard"}
 
 
 def _summaries(funcs: list[cparse.Function]) -> dict[str, Summary]:

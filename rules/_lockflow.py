@@ -773,6 +773,11 @@ def _base_summary(f: cparse.Function) -> tuple:
     return got
 
 
+def called_names(f: cparse.Function) -> frozenset[str]:
+    """The names a function calls (memoised with its summary)."""
+    return _base_summary(f)[1]
+
+
 # Call names that make a function's own summary non-empty (with
 # sleeping_call()): acquires, releases, trylocks, guard()/scoped_guard().
 _LOCKISH = frozenset(ACQUIRE) | frozenset(RELEASE) | frozenset(TRYLOCK) | frozenset(ZEROLOCK) \

@@ -113,7 +113,7 @@ class SleepInAtomic(Rule):
         if old is not None and old.sleeps:
             return
         for other in post.functions:
-            if other.name == fn.name:
+            if other.name == fn.name or fn.name not in lf.called_names(other):
                 continue
             start = post.byname[other.name].start
             for name, c_line, h in lf.digest(post, other.name, _atomic_calls) or ():

@@ -292,8 +292,19 @@ def calls(node: tree_sitter.Node) -> list[Call]:
     return list(out)
 
 
-def preproc_conditionals(tree: tree_sitter.Tree) -> list[tree_sitter.Node]:
-    return list(query_nodes(tree.root_node, "preproc_ifdef preproc_if preproc_elif preproc_else"))
+_PREPROC_CONDS = "preproc_ifdef preproc_if preproc_elif preproc_else"
+
+
+def preproc_conditionals(tree: tree_sitter.Tree, lines=None) -> list[tree_sitter.Node]:
+    """#if/#ifdef/#elif/#else nodes of a tree, in order; with LINES, only
+    those inside the top-level items spanning one of them (a superset of
+    the ones starting on those lines)."""
+    if lines is None:
+        return list(query_nodes(tree.root_node, _PREPROC_CONDS))
+    out = []
+    for item in items_touching(tree, lines):
+        out.extend(query_nodes(item, _PREPROC_CONDS))
+    return out
 
 
 def conditional_condition(node: tree_sitter.Node) -> str:
@@ -396,13 +407,23 @@ def struct_initializers(tree: tree_sitter.Tree) -> list[Initializer]:
     """Every `struct T name = { .a = x, ... };` at any level (not arrays)."""
     m = _memo(tree.root_node)
     if "struct_initializers" not in m:
-        m["struct_initializers"] = _struct_initializers(tree)
+        out = []
+        for chunk, rel in _chunkwise(tree, "struct_initializers", _chunk_initializers):
+            if rel:
+                base = line_of(chunk) - 1
+                out.extend(Initializer(i.struct, i.name, i.start + base, i.end + base,
+                                       tuple((mm, v, ln + base) for mm, v, ln in i.members))
+                           for i in rel)
+        m["struct_initializers"] = out
     return list(m["struct_initializers"])
 
 
-def _struct_initializers(tree: tree_sitter.Tree) -> list[Initializer]:
+def _chunk_initializers(nodes: list[tree_sitter.Node], chunk: tree_sitter.Node) -> tuple[Initializer, ...]:
+    """The initialisers among one chunk's init_declarator nodes, lines
+    relative to the chunk's first line - 1."""
+    base = line_of(chunk) - 1
     out = []
-    for n in query_nodes(tree.root_node, "init_declarator"):
+    for n in nodes:
         val = n.child_by_field_name("value")
         decl = n.child_by_field_name("declarator")
         if val is None or val.type != "initializer_list" or decl is None or decl.type != "identifier":
@@ -417,26 +438,97 @@ def _struct_initializers(tree: tree_sitter.Tree) -> list[Initializer]:
         members = _designated_members(val)
         if not members:
             continue
-        out.append(Initializer(node_text(tname), node_text(decl), line_of(parent),
-                               end_line_of(parent), members))
-    return out
+        out.append(Initializer(node_text(tname), node_text(decl), line_of(parent) - base,
+                               end_line_of(parent) - base,
+                               tuple((mm, v, ln - base) for mm, v, ln in members)))
+    return tuple(out)
+
+
+_chunk_initializers.query = "init_declarator"
 
 
 def call_names(tree: tree_sitter.Tree) -> frozenset[str]:
     """The names of every call in a file: {c.name for c in calls(root)},
-    without building the Call objects (memoised per tree)."""
+    without building the Call objects (memoised per tree, and per chunk of
+    it by text)."""
     m = _memo(tree.root_node)
     got = m.get("call_names")
     if got is None:
-        cur = tree_sitter.QueryCursor(_call_fn_query())
-        got = frozenset(node_text(n) for n in cur.captures(tree.root_node).get("f", []))
+        got = frozenset().union(*(names for _, names in _chunkwise(tree, "call_names", _chunk_call_names)))
         m["call_names"] = got
     return got
 
 
-@lru_cache(maxsize=1)
-def _call_fn_query() -> tree_sitter.Query:
-    return tree_sitter.Query(_LANG, "(call_expression function: _ @f)")
+def _chunk_call_names(nodes: list[tree_sitter.Node], chunk: tree_sitter.Node) -> frozenset[str]:
+    out = set()
+    for n in nodes:
+        fn = n.child_by_field_name("function")
+        if fn is not None:
+            out.add(node_text(fn))
+    return frozenset(out)
+
+
+_chunk_call_names.query = "call_expression"
+
+
+# -- chunks: whole-file facts computed once per distinct piece of text ----------
+#
+# A series shows a big file again and again (each patch's pre- and
+# post-image), mostly unchanged.  Facts about a whole file that rules need
+# (the names it calls, its ops tables) are computed per chunk (a top-level
+# item, or the items inside a big #ifdef such as a header's include guard)
+# and remembered by the chunk's text, so each image pays only for the
+# chunks that changed.
+
+_CHUNK_CONTAINERS = frozenset({"preproc_if", "preproc_ifdef", "preproc_else", "preproc_elif",
+                               "preproc_elifdef", "linkage_specification", "declaration_list"})
+_CHUNK_SPLIT = 32768          # bytes: a container bigger than this is split into its children
+_CHUNK_DATA: "OrderedDict[tuple, object]" = OrderedDict()
+_CHUNK_DATA_SIZE = 50000
+
+
+def _chunks(root: tree_sitter.Node) -> list[tree_sitter.Node]:
+    """Nodes covering every node of the tree below the root, in order (big
+    preprocessor containers are replaced by their children)."""
+    out = []
+    stack = list(reversed(root.children))
+    while stack:
+        n = stack.pop()
+        if n.type in _CHUNK_CONTAINERS and n.end_byte - n.start_byte > _CHUNK_SPLIT and n.child_count:
+            stack.extend(reversed(n.children))
+        else:
+            out.append(n)
+    return out
+
+
+def _chunkwise(tree: tree_sitter.Tree, kind: str, compute) -> list[tuple[tree_sitter.Node, object]]:
+    """[(chunk, compute(nodes of type compute.query in the chunk, chunk))]
+    over the chunks of a tree, memoised by (kind, chunk text).  When many
+    chunks are new, one query over the whole tree finds the nodes."""
+    chunks = _chunks(tree.root_node)
+    keys = [(kind, c.type, hashlib.blake2b(c.text or b"", digest_size=16).digest()) for c in chunks]
+    missing = [i for i, k in enumerate(keys) if k not in _CHUNK_DATA]
+    if missing:
+        if len(missing) > 8:
+            import bisect
+            starts = [c.start_byte for c in chunks]
+            found: dict[int, list] = {i: [] for i in missing}
+            for n in _captures(tree.root_node, compute.query):
+                i = bisect.bisect_right(starts, n.start_byte) - 1
+                if i in found and n.end_byte <= chunks[i].end_byte:
+                    found[i].append(n)
+        else:
+            found = {i: _captures(chunks[i], compute.query) for i in missing}
+        for i in missing:
+            _CHUNK_DATA[keys[i]] = compute(found[i], chunks[i])
+        while len(_CHUNK_DATA) > _CHUNK_DATA_SIZE:
+            _CHUNK_DATA.popitem(last=False)
+    out = []
+    for c, k in zip(chunks, keys):
+        got = _CHUNK_DATA[k]
+        _CHUNK_DATA.move_to_end(k)
+        out.append((c, got))
+    return out
 
 
 def items_touching(tree: tree_sitter.Tree, lines) -> list[tree_sitter.Node]:

@@ -66,7 +66,7 @@ class PreemptRtIfdef(Rule):
             if not added:
                 continue
             sites = []     # (line, end_line, has_lock, symbol)
-            for node in cparse.preproc_conditionals(fv.post_tree):
+            for node in cparse.preproc_conditionals(fv.post_tree, added):
                 line = cparse.line_of(node)
                 if line not in added:
                     continue

@@ -29,3 +29,42 @@ def test_walk_and_calls_of_a_function():
     assert (f.name, f.start, f.end) == ("f", 1, 6)
     assert [(c.name, c.args, c.line) for c in cparse.calls(f.node)] == [("g", ("x", "1"), 4), ("h", (), 5)]
     assert cparse.walk(f.node)[0] == f.node
+
+
+def _initializers_by_query(tree):
+    """struct_initializers() the slow way: one query over the whole tree."""
+    out = []
+    for n in cparse._captures(tree.root_node, "init_declarator"):
+        got = cparse._chunk_initializers([n], tree.root_node)
+        out.extend(got)
+    return [(i.struct, i.name, i.start, i.end, i.members) for i in out]
+
+
+def test_chunk_memos_follow_edits_of_a_real_file():
+    """A series shows one file again and again: the per-chunk memos of the
+    ops tables and called names must give what a fresh look at each
+    version gives, lines shifted and edited tables included."""
+    path = next(p for p in FIXTURE_C if "static const struct" in p.read_text(errors="replace"))
+    v0 = path.read_text(errors="replace")
+    t0 = cparse.parse(v0)
+    assert cparse.struct_initializers(t0)
+    # v1: a new ops table and function near the top shift every line below
+    # and add calls; v2: one existing table loses a member
+    head, sep, rest = v0.partition("\n\n")
+    add = ("static int added_fn(void)\n{\n\treturn brand_new_call(1);\n}\n\n"
+           "static const struct file_operations added_fops = {\n\t.open = added_fn,\n};\n")
+    v1 = head + sep + add + "\n" + rest
+    first = cparse.struct_initializers(t0)[0]
+    member = first.members[0]
+    line_text = v1.split("\n")[member[2] - 1 + add.count("\n") + 1]
+    assert f".{member[0]}" in line_text
+    v2 = v1.replace(line_text + "\n", "", 1)
+    for text in (v1, v2):
+        tree = cparse.parse(text)
+        got = [(i.struct, i.name, i.start, i.end, i.members) for i in cparse.struct_initializers(tree)]
+        assert got == _initializers_by_query(tree)
+        names = {cparse.node_text(n.child_by_field_name("function"))
+                 for n in cparse._captures(tree.root_node, "call_expression")}
+        assert cparse.call_names(tree) == names
+    assert "brand_new_call" in cparse.call_names(cparse.parse(v1))
+    assert any(i.name == "added_fops" for i in cparse.struct_initializers(cparse.parse(v1)))

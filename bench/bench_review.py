@@ -158,6 +158,13 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = ap.parse_args()
     tree, base, s17, large = setup_tree()
+    # The tree index is built once per tree commit and cached (`reviewbot
+    # index`), like the checkout itself: reviews run with it, and once more
+    # without any (REVIEWBOT_DUPINDEX=off: a tree nobody indexed).
+    index_dir = CACHE / "index"
+    t_index, p = timed(["reviewbot", "index", "--tree", str(tree), "--rev", base],
+                       env=dict(os.environ, REVIEWBOT_INDEX_DIR=str(index_dir)))
+    assert p.returncode == 0, p.stderr.decode()
     work = Path(tempfile.mkdtemp(prefix="rb-bench-"))
     lore = LoreServer(work / "lore")
     raw = [p.read_bytes() for p in s17 + large]
@@ -167,7 +174,7 @@ def main() -> int:
     try:
         for label, files in (("17-patch series", s17), ("single large patch", large)):
             mid = msgid_of(files[0])
-            floor, rb, cp, stages = [], [], [], []
+            floor, rb, rb_noidx, cp, stages = [], [], [], [], []
             for run in range(args.runs):
                 home = work / f"home-{label[:3]}-{run}"
                 home.mkdir()
@@ -184,19 +191,24 @@ def main() -> int:
                 assert p.returncode == 0, p.stderr.decode()
                 floor.append(t_b4 + t_am)
                 git(tree, "reset", "-q", "--hard", base)
-                t_rb, p = timed(["reviewbot", "review", mid, "--tree", str(tree), "--lore-url", lore.url,
-                                 "--format", "json", "--from", "Bench <b@example.org>"], env=env)
+                review = ["reviewbot", "review", mid, "--tree", str(tree), "--lore-url", lore.url,
+                          "--format", "json", "--from", "Bench <b@example.org>"]
+                t_rb, p = timed(review, env=dict(env, REVIEWBOT_INDEX_DIR=str(index_dir)))
                 assert p.returncode == 0, p.stderr.decode()
                 out = json.loads(p.stdout)
                 assert all(x["applies"] for x in out["patches"]), [x["apply_error"] for x in out["patches"]]
                 rb.append(t_rb)
                 stages.append(out["timings"])
+                t_rb0, p = timed(review, env=dict(env, REVIEWBOT_DUPINDEX="off"))
+                assert p.returncode == 0, p.stderr.decode()
+                rb_noidx.append(t_rb0)
                 t_cp, p = timed(["perl", "scripts/checkpatch.pl", "-q", "--no-summary", *map(str, files)],
                                 cwd=tree, env=env)
                 cp.append(t_cp)
             med = statistics.median
             st = {k: med([s.get(k, 0.0) for s in stages]) for k in stages[0]}
-            results[label] = dict(floor=med(floor), reviewbot=med(rb), checkpatch=med(cp), stages=st,
+            results[label] = dict(floor=med(floor), reviewbot=med(rb), noindex=med(rb_noidx),
+                                  checkpatch=med(cp), stages=st,
                                   findings=sum(len(x["findings"]) for x in out["patches"]),
                                   patches=len(out["patches"]))
     finally:
@@ -210,15 +222,19 @@ def main() -> int:
              "Tree: Debian linux-source-6.1 as a git repo (78k files), checkout at the series' base.",
              "Lore: public-inbox-httpd on 127.0.0.1. b4 and reviewbot with empty caches each run.",
              f"Medians of {args.runs} runs. Command: `python3 bench/bench_review.py --runs {args.runs}`.", "",
-             "| series | floor: b4 am + git am (s) | reviewbot review --tree (s) | ratio | checkpatch.pl (s) "
-             "| rules+render share | findings |",
-             "|---|---|---|---|---|---|---|"]
+             f"Tree index: `reviewbot index` of the base commit, built once ({t_index:.1f} s this run, "
+             "or found in the cache) and used by every review in the first reviewbot column; the "
+             "second column is the same review with REVIEWBOT_DUPINDEX=off (a tree never indexed: "
+             "DUP001 scans the directory instead).", "",
+             "| series | floor: b4 am + git am (s) | reviewbot review --tree (s) | ratio "
+             "| without tree index (s) | ratio | checkpatch.pl (s) | rules+render share | findings |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, r in results.items():
-        total = sum(r["stages"].values()) or 1
         share = (r["stages"].get("rules", 0) + r["stages"].get("render", 0)) / r["reviewbot"]
         lines.append(f"| {label} ({r['patches']} patches) | {r['floor']:.2f} | {r['reviewbot']:.2f} | "
-                     f"{r['reviewbot'] / r['floor']:.2f}x | {r['checkpatch']:.2f} | {share:.0%} | {r['findings']} |")
-    lines += ["", "Stage medians inside reviewbot (s):", ""]
+                     f"{r['reviewbot'] / r['floor']:.2f}x | {r['noindex']:.2f} | {r['noindex'] / r['floor']:.2f}x | "
+                     f"{r['checkpatch']:.2f} | {share:.0%} | {r['findings']} |")
+    lines += ["", "Stage medians inside reviewbot with the tree index (s):", ""]
     for label, r in results.items():
         lines.append(f"- {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["stages"].items()))
     lines += ["", f"Peak RSS of any child process: {peak:.0f} MiB.", ""]

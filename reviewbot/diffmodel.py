@@ -61,10 +61,22 @@ class FileDiff:
     hunks: list[Hunk] = field(default_factory=list)
 
     def added(self) -> list[DiffLine]:
-        return [ln for h in self.hunks for ln in h.added()]
+        return list(self._split()[0])
 
     def removed(self) -> list[DiffLine]:
-        return [ln for h in self.hunks for ln in h.removed()]
+        return list(self._split()[1])
+
+    def _split(self) -> tuple[tuple[DiffLine, ...], tuple[DiffLine, ...]]:
+        """(added, removed) lines, remembered until the hunks change (rules
+        ask again and again; a whole new file is thousands of lines)."""
+        key = tuple((id(h), len(h.lines)) for h in self.hunks)
+        got = self.__dict__.get("_split_memo")
+        if got is None or got[0] != key:
+            lines = [ln for h in self.hunks for ln in h.lines]
+            got = (key, (tuple(ln for ln in lines if ln.kind == "+"),
+                         tuple(ln for ln in lines if ln.kind == "-")))
+            self.__dict__["_split_memo"] = got
+        return got[1]
 
     def hunk_for_new_line(self, line: int) -> Hunk | None:
         for h in self.hunks:

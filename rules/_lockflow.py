@@ -724,7 +724,11 @@ def _base_summary(f: cparse.Function) -> tuple:
         if v:
             params.append(v)
     calls = cparse.calls(f.node)
-    if not any(c.name in _LOCKISH or sleeping_call(c.name, c.args) for c in calls):
+    lockish = any(c.name in _LOCKISH for c in calls)
+    _TAKES_LOCKS[key] = lockish
+    if len(_TAKES_LOCKS) > _BASE_SIZE:
+        _TAKES_LOCKS.pop(next(iter(_TAKES_LOCKS)))
+    if not lockish and not any(sleeping_call(c.name, c.args) for c in calls):
         # nothing the walk below would record: skip it (most functions)
         got = (Summary(f.name, params), frozenset(c.name for c in calls))
         _BASE[key] = got
@@ -771,6 +775,30 @@ def _base_summary(f: cparse.Function) -> tuple:
     if len(_BASE) > _BASE_SIZE:
         _BASE.popitem(last=False)
     return got
+
+
+_TAKES_LOCKS: dict[tuple, bool] = {}
+
+
+def may_lock(info: "ImageInfo", name: str) -> bool:
+    """Whether the flow of function `name` can hold any lock at some point:
+    it calls an acquire (or trylock, guard) itself, or a same-file wrapper
+    that returns with a lock held.  A function that cannot has no lock
+    orders, leaks or atomic sections, so rules looking for those skip its
+    (costly) flow."""
+    f = info.byname.get(name)
+    if f is None:
+        return False
+    key = _fn_key(f)
+    if key not in _TAKES_LOCKS:
+        _base_summary(f)
+    if _TAKES_LOCKS.get(key, True):
+        return True
+    for c in called_names(f):
+        summ = info.summaries.get(c)
+        if summ is not None and c != name and summ.acquires:
+            return True
+    return False
 
 
 def called_names(f: cparse.Function) -> frozenset[str]:

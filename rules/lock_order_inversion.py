@@ -34,6 +34,8 @@ def edges(info: lf.ImageInfo, only: set[str] | None = None) -> list[Edge]:
     for fn in info.functions:
         if only is not None and fn.name not in only:
             continue
+        if not lf.may_lock(info, fn.name):
+            continue        # nothing is ever held there: no edges
         got = lf.digest(info, fn.name, _fn_edges)
         if not got:
             continue

@@ -63,8 +63,10 @@ class SleepInAtomic(Rule):
                 yield from self._callers(fv, post, pre, fn, added)
 
     def _sites(self, info, name):
-        fl = lf.flow_of(info, name)
         out = []
+        if not lf.may_lock(info, name):
+            return out      # never in an atomic section of its own
+        fl = lf.flow_of(info, name)
         if fl is None:
             return out
         for c in fl.calls:
@@ -113,7 +115,8 @@ class SleepInAtomic(Rule):
         if old is not None and old.sleeps:
             return
         for other in post.functions:
-            if other.name == fn.name or fn.name not in lf.called_names(other):
+            if other.name == fn.name or fn.name not in lf.called_names(other) \
+                    or not lf.may_lock(post, other.name):
                 continue
             start = post.byname[other.name].start
             for name, c_line, h in lf.digest(post, other.name, _atomic_calls) or ():

@@ -94,6 +94,13 @@ class StateCheckOutsideLock(Rule):
             pre = None
             funcs = set(post.byname)
             for fn, added in touched:
+                if not lf.may_lock(post, fn.name):
+                    # no lock here now: only a test that used to be under
+                    # a lock in the pre-image can be reported
+                    if pre is None:
+                        pre = lf.image(fv, "pre")
+                    if not lf.may_lock(pre, fn.name):
+                        continue
                 fl = lf.flow_of(post, fn.name)
                 if fl is None:
                     continue

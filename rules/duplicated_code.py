@@ -247,7 +247,7 @@ def _may_cover(query, other, threshold: float) -> bool:
         return True
     uq, cq = _counts(query)
     uo, co = _counts(other)
-    _, iq, io = np.intersect1d(uq, uo, assume_unique=True, return_indices=True)
+    iq, io = _common_positions(uq, uo)
     shared = int(np.minimum(cq[iq], co[io]).sum())
     if shared / len(query) < threshold:
         return False
@@ -257,7 +257,7 @@ def _may_cover(query, other, threshold: float) -> bool:
     if len(query) < _BLOCK or len(other) < _BLOCK:
         return False            # no block: coverage 0
     hq = _grams(query)
-    common = np.isin(hq, _derived("grams_u", other, lambda c: np.unique(_grams(c))))
+    common = _member(hq, _derived("grams_u", other, lambda c: dx._sorted_unique(_grams(c))))
     cover = np.zeros(len(query), dtype=bool)
     n = len(hq)
     for k in range(_BLOCK):
@@ -315,7 +315,39 @@ def _fps_set(codes) -> set[int]:
 
 
 def _counts(codes):
-    return _derived("counts", codes, lambda c: np.unique(c, return_counts=True))
+    return _derived("counts", codes, _unique_counts)
+
+
+# Sorting-based set operations (np.unique/isin/intersect1d import numpy.ma
+# on first use, a noticeable part of a small review).
+
+def _unique_counts(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(c, return_counts=True)."""
+    s = np.sort(c)
+    if not len(s):
+        return s, np.zeros(0, dtype=np.int64)
+    first = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    return s[first], np.diff(np.append(first, len(s)))
+
+
+def _member(a: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """np.isin(a, sorted_unique) for a sorted array without repeats."""
+    if not len(sorted_unique):
+        return np.zeros(len(a), dtype=bool)
+    pos = np.searchsorted(sorted_unique, a)
+    pos[pos == len(sorted_unique)] = 0
+    return sorted_unique[pos] == a
+
+
+def _common_positions(ua: np.ndarray, ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (in ua, in ub) of the values two sorted unique arrays share
+    (np.intersect1d(..., assume_unique=True, return_indices=True)[1:])."""
+    if not len(ua) or not len(ub):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    pos = np.searchsorted(ub, ua)
+    pos[pos == len(ub)] = 0
+    hit = ub[pos] == ua
+    return np.flatnonzero(hit), pos[hit]
 
 
 _DIRS: "OrderedDict[tuple, list]" = OrderedDict()

@@ -38,10 +38,20 @@ class Hunk:
     lines: list[DiffLine] = field(default_factory=list)
 
     def added(self) -> list[DiffLine]:
-        return [ln for ln in self.lines if ln.kind == "+"]
+        return list(self._split()[0])
 
     def removed(self) -> list[DiffLine]:
-        return [ln for ln in self.lines if ln.kind == "-"]
+        return list(self._split()[1])
+
+    def _split(self) -> tuple[tuple[DiffLine, ...], tuple[DiffLine, ...]]:
+        """(added, removed) lines, remembered until the lines change."""
+        key = (id(self.lines), len(self.lines))
+        got = self.__dict__.get("_split_memo")
+        if got is None or got[0] != key:
+            got = (key, (tuple(ln for ln in self.lines if ln.kind == "+"),
+                         tuple(ln for ln in self.lines if ln.kind == "-")))
+            self.__dict__["_split_memo"] = got
+        return got[1]
 
     @property
     def header(self) -> str:

@@ -74,13 +74,13 @@ class RtIrqsaveInsteadOfLock(Rule):
                 continue
             added = fv.added_lines
             for fn, pre_fn in functions_touched(fv):
-                removed_text = "\n".join(ln.text for h in fv.diff.hunks
-                                         if h.new_start <= fn.end and h.new_start + h.new_len >= fn.start
-                                         for ln in h.removed())
                 pre_keys = {k for k, _ in _sections(pre_fn.node)} if pre_fn is not None else set()
                 for (trigger, writes), (start, end) in _sections(fn.node):
                     if start.line not in added or (trigger, writes) in pre_keys:
                         continue
+                    removed_text = "\n".join(ln.text for h in fv.diff.hunks
+                                             if h.new_start <= fn.end and h.new_start + h.new_len >= fn.start
+                                             for ln in h.removed())
                     dropped = _dropped_lock(removed_text)
                     shown = ", ".join(writes[:3])
                     msg = (f"In {fn.name}(), is {trigger}() meant to protect {shown}? "

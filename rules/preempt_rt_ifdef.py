@@ -63,8 +63,8 @@ class PreemptRtIfdef(Rule):
             if is_rt_core(fv.path):
                 continue
             added = fv.added_lines
-            if not added:
-                continue
+            if not added or not _RT_RE.search(fv.post_text):
+                continue        # no PREEMPT_RT symbol anywhere in the file
             sites = []     # (line, end_line, has_lock, symbol)
             for node in cparse.preproc_conditionals(fv.post_tree, added):
                 line = cparse.line_of(node)

@@ -86,7 +86,8 @@ class SavedCallbackNotRestored(Rule):
 
 def _saves(tree, added: set[int]):
     """(line, saved member, source member, text) for `a->saved_x = b->x`."""
-    for n in (n for item in cparse.items_touching(tree, added) for n in cparse.walk(item)):
+    for n in (n for item in cparse.items_touching(tree, added)
+              for n in cparse.query_nodes(item, "assignment_expression call_expression")):
         left = right = None
         if n.type == "assignment_expression":
             op = n.child_by_field_name("operator")

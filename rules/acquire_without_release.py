@@ -157,6 +157,8 @@ class AcquireWithoutRelease(Rule):
 
     # -- pernet_operations without an exit -----------------------------------
     def _pernet(self, fv, added, post_vis, pre_vis, file_calls):
+        if "pernet_operations" not in fv.post_text:
+            return          # no pernet_operations table in the file: nothing to check
         registered = {}
         for c in (c for item in cparse.items_touching(fv.post_tree, added) for c in cparse.calls(item)):
             if c.line in added and c.name.startswith("register_pernet_") and c.args:
@@ -291,6 +293,8 @@ def _analyse(fn_node, file_calls: set[str], vis: set[int] | None) -> list[_Leak]
     if body is None:
         return []
     calls = cparse.calls(body)
+    if not any(release_names(c.name, file_calls) for c in calls):
+        return []           # acquires nothing that needs a release
     exits = [n for n in cparse.walk(body) if n.type in ("return_statement", "goto_statement")]
     labels = {}
     for n in cparse.walk(body):

@@ -10,8 +10,13 @@ import functools
 import importlib
 import inspect
 import logging
+import os
+import pickle
 import pkgutil
 import re
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.metadata import entry_points
@@ -121,6 +126,10 @@ class Rule:
     family: str = ""
     severity: str = "warning"
     confidence: str = "medium"
+    # True for a rule whose caches no other rule shares and that costs
+    # about as much as the others together (the duplicated-code search):
+    # run() may run such rules in a forked process next to the rest.
+    own_process: bool = False
 
     def check_patch(self, ctx: PatchContext) -> Iterable[Finding]:
         return ()
@@ -182,29 +191,147 @@ def _register(found: dict[str, Rule], rule: Rule) -> None:
 def run(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None = None
         ) -> tuple[dict[int, list[Finding]], list[Finding], list[str]]:
     """Run the rules; returns findings per patch index, series findings,
-    and notes about rules that failed (a failing rule never stops a review)."""
+    and notes about rules that failed (a failing rule never stops a review).
+
+    Rules marked own_process run in a forked child on Linux while this
+    process runs the others (the machine's second core); if the child
+    cannot be had or fails, they run here.  The result is the same either
+    way.  REVIEWBOT_JOBS=1 turns this off."""
+    selected = [r for r in rules if not only or r.code in only or r.name in only]
+    side = [r for r in selected if r.own_process]
+    main = [r for r in selected if not r.own_process]
+    child = _fork_rules(side, contexts) if side and main and _may_fork() else None
+    try:
+        results = [_run_serial(main, contexts)]
+        if side:
+            got = child.result() if child is not None else None
+            results.append(got if got is not None else _run_serial(side, contexts))
+    finally:
+        if child is not None:
+            child.kill()        # interrupted: do not leave it running
     per_patch: dict[int, list[Finding]] = {}
     series_findings: list[Finding] = []
-    notes: list[str] = []
+    notes: list[tuple[str, str]] = []
+    for pp, sf, nn in results:
+        for idx, fs in pp.items():
+            per_patch.setdefault(idx, []).extend(fs)
+        series_findings.extend(sf)
+        notes.extend(nn)
+    order = {r.code: i for i, r in enumerate(selected)}
+    notes.sort(key=lambda n: order.get(n[0], 0))     # stable: in rule order, as run serially
+    for idx, fs in per_patch.items():
+        per_patch[idx] = _dedupe(fs)
+    return per_patch, _dedupe(series_findings), [n for _, n in notes]
+
+
+def _run_serial(rules: list[Rule], contexts: list[PatchContext]
+                ) -> tuple[dict[int, list[Finding]], list[Finding], list[tuple[str, str]]]:
+    per_patch: dict[int, list[Finding]] = {}
+    series_findings: list[Finding] = []
+    notes: list[tuple[str, str]] = []
     for rule in rules:
-        if only and rule.code not in only and rule.name not in only:
-            continue
         for ctx in contexts:
             try:
                 got = list(rule.check_patch(ctx))
             except Exception as exc:
                 log.debug("rule %s crashed", rule.code, exc_info=True)
-                notes.append(f"rule {rule.code} ({rule.name}) failed on patch {ctx.patch.label}: {exc.__class__.__name__}")
+                notes.append((rule.code, f"rule {rule.code} ({rule.name}) failed on patch "
+                                         f"{ctx.patch.label}: {exc.__class__.__name__}"))
                 continue
             per_patch.setdefault(ctx.patch.index, []).extend(got)
         try:
             series_findings.extend(rule.check_series(contexts))
         except Exception as exc:
             log.debug("rule %s crashed", rule.code, exc_info=True)
-            notes.append(f"rule {rule.code} ({rule.name}) failed on the series: {exc.__class__.__name__}")
-    for idx, fs in per_patch.items():
-        per_patch[idx] = _dedupe(fs)
-    return per_patch, _dedupe(series_findings), notes
+            notes.append((rule.code, f"rule {rule.code} ({rule.name}) failed on the series: "
+                                     f"{exc.__class__.__name__}"))
+    return per_patch, series_findings, notes
+
+
+def _may_fork() -> bool:
+    return (sys.platform.startswith("linux") and hasattr(os, "fork")
+            and os.environ.get("REVIEWBOT_JOBS", "") != "1" and (os.cpu_count() or 1) > 1
+            and threading.active_count() == 1)
+
+
+class _Child:
+    """A forked process running some rules; result() is what _run_serial
+    gives there, or None when the child failed (the caller then runs the
+    rules itself)."""
+
+    def __init__(self, pid: int, fd: int):
+        self.pid, self.fd = pid, fd
+
+    def result(self):
+        chunks = []
+        try:
+            with os.fdopen(self.fd, "rb") as f:
+                while True:
+                    b = f.read(1 << 20)
+                    if not b:
+                        break
+                    chunks.append(b)
+            _, status = os.waitpid(self.pid, 0)
+            self.pid = None
+            if status != 0 or not chunks:
+                return None
+            return pickle.loads(b"".join(chunks))
+        except Exception:
+            log.debug("rule process failed", exc_info=True)
+            return None
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except OSError:
+                pass
+            self.pid = None
+
+
+def _fork_rules(rules: list[Rule], contexts: list[PatchContext]) -> _Child | None:
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return None
+    if pid == 0:                                     # the child
+        code = 1
+        try:
+            os.close(r)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _forget_inherited_readers()
+            data = pickle.dumps(_run_serial(rules, contexts), protocol=pickle.HIGHEST_PROTOCOL)
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+            code = 0
+        except BaseException:
+            pass
+        finally:
+            os._exit(code)
+    os.close(w)
+    return _Child(pid, r)
+
+
+def _forget_inherited_readers() -> None:
+    """The child must not talk to the parent's `git cat-file` helpers (their
+    pipes are shared after fork): drop them, new ones start on demand."""
+    mod = sys.modules.get("reviewbot.dupindex")
+    if mod is not None:
+        for idx in getattr(mod, "_OPEN", {}).values():
+            if idx is not None:
+                idx._reader = None
 
 
 def _dedupe(fs: list[Finding]) -> list[Finding]:

@@ -60,6 +60,7 @@ class DuplicatedCode(Rule):
     family = "duplicated-helper"
     severity = "info"
     confidence = "medium"
+    own_process = True
 
     def __init__(self):
         self._units: dict[int, list[tuple[object, dx.Unit]]] = {}

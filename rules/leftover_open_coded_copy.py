@@ -51,6 +51,7 @@ class LeftoverOpenCodedCopy(Rule):
     family = "duplicated-helper"
     severity = "info"
     confidence = "medium"
+    own_process = True
 
     def check_patch(self, ctx: PatchContext):
         helpers = list(_extracted_helpers(ctx))

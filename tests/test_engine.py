@@ -1,0 +1,91 @@
+"""The rule engine runs the own-process rules (the duplicated-code search)
+in a forked child next to the others: same findings as a serial run, and
+a child that dies costs nothing but time."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from reviewbot import engine, review
+from reviewbot.review import Options, review_mbox
+
+from test_rule_fixtures import FIXTURES, _make_tree
+
+
+def _contexts(tmp_path):
+    """The contexts of a real review (DUP001's bad fixture on its tree)."""
+    mbox = next((FIXTURES / "DUP001").glob("bad-*.mbox"))
+    tree = _make_tree(mbox.parent / (mbox.stem.split("-", 1)[1] + ".tree"), tmp_path / "tree")
+    seen = []
+    orig = engine.run
+
+    def spy(rules, contexts, only=None):
+        seen.append(contexts)
+        return orig(rules, contexts, only)
+    review.engine.run = spy
+    try:
+        res = review_mbox(mbox.read_bytes(), Options(tree=tree))
+    finally:
+        review.engine.run = orig
+    return mbox, tree, res, seen[0]
+
+
+class _PidRule(engine.Rule):
+    family = "test"
+
+    def __init__(self, code, own, parent=None, die_in_child=False):
+        self.code, self.name, self.own_process = code, code.lower() + "-rule", own
+        self.parent, self.die = parent, die_in_child
+
+    def check_patch(self, ctx):
+        if self.die and os.getpid() != self.parent:
+            os._exit(3)
+        yield self.finding(None, None, f"pid {os.getpid()}")
+
+
+def _pids(per_patch):
+    return {f.rule: int(f.message.split()[1]) for fs in per_patch.values() for f in fs}
+
+
+def test_own_process_rules_run_in_a_child_and_their_findings_come_back(tmp_path, monkeypatch):
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    *_, ctxs = _contexts(tmp_path)
+    me = os.getpid()
+    per_patch, _, notes = engine.run([_PidRule("TST001", False), _PidRule("TST002", True)], ctxs)
+    pids = _pids(per_patch)
+    assert pids["TST001"] == me
+    assert pids["TST002"] != me
+    assert notes == []
+
+
+def test_a_child_that_dies_is_replaced_by_running_the_rule_here(tmp_path, monkeypatch):
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    *_, ctxs = _contexts(tmp_path)
+    me = os.getpid()
+    per_patch, _, notes = engine.run([_PidRule("TST001", False),
+                                      _PidRule("TST002", True, parent=me, die_in_child=True)], ctxs)
+    assert _pids(per_patch) == {"TST001": me, "TST002": me}
+    assert notes == []
+
+
+def test_jobs_1_keeps_every_rule_in_this_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("REVIEWBOT_JOBS", "1")
+    *_, ctxs = _contexts(tmp_path)
+    per_patch, _, _ = engine.run([_PidRule("TST001", False), _PidRule("TST002", True)], ctxs)
+    assert set(_pids(per_patch).values()) == {os.getpid()}
+
+
+def test_a_review_is_the_same_with_and_without_the_child(tmp_path, monkeypatch):
+    """All rules on a real fixture: identical JSON either way, and the
+    duplicated-code finding (made in the child) is in it."""
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    mbox, tree, res, _ = _contexts(tmp_path)
+    forked = review.to_json(res)
+    monkeypatch.setenv("REVIEWBOT_JOBS", "1")
+    serial = review.to_json(review_mbox(mbox.read_bytes(), Options(tree=tree)))
+    for d in (forked, serial):
+        d.pop("timings", None)
+    assert forked == serial
+    assert any(f["rule"] == "DUP001" for p in forked["patches"] for f in p["findings"])

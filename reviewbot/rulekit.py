@@ -2,6 +2,20 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
+
+
+class LazyModule:
+    """A module imported on first use.  The duplicated-code rules run in a
+    forked process (engine.run): importing numpy and the index there, not
+    at rule discovery, keeps that import off the main process's path."""
+
+    def __init__(self, name: str):
+        self.__dict__["_lazy_name"] = name
+
+    def __getattr__(self, attr):
+        mod = importlib.import_module(self.__dict__["_lazy_name"])
+        return getattr(mod, attr)
 
 # acquire -> release, for the plain lock families
 LOCK_PAIRS = {

@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-import numpy as np
-
-from reviewbot import dupindex as dx
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.rulekit import LazyModule
+
+np = LazyModule("numpy")
+dx = LazyModule("reviewbot.dupindex")
 
 NEAR = 0.85          # share of the added code found in a twin in the same directory
 FAR = 0.92           # ... in a twin elsewhere in the tree
@@ -267,7 +268,7 @@ def _may_cover(query, other, threshold: float) -> bool:
 
 
 _BLOCK = 4       # dx.likeness()'s min_block
-_GRAM_MUL = [np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 1)]
+_GRAM_MUL = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 1)
 
 
 def _grams(codes) -> np.ndarray:
@@ -278,7 +279,7 @@ def _grams(codes) -> np.ndarray:
         h = np.zeros(n, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for j in range(_BLOCK):
-                h = (h ^ c[j:j + n]) * _GRAM_MUL[j] + np.uint64(j + 1)
+                h = (h ^ c[j:j + n]) * np.uint64(_GRAM_MUL[j]) + np.uint64(j + 1)
         return h
     return _derived("grams", codes, make)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import re
 
-from reviewbot import dupindex as dx
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.rulekit import LazyModule
+
+dx = LazyModule("reviewbot.dupindex")
 
 EXTRACTED = 0.5      # share of the new helper's body that the patch removed elsewhere
 LEFTOVER = 0.7       # share of the helper's body still found, in order, in another function

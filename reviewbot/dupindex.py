@@ -23,6 +23,7 @@ fast; tree-sitter parses at ~3 MB/s, far too slow for 1.2 GB of C.
 from __future__ import annotations
 
 import atexit
+import bisect
 import json
 import multiprocessing
 import os
@@ -765,8 +766,11 @@ def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40
     """Units of the added lines ADDED of a post-image."""
     lines = post_text.split("\n")
     out = []
-    line_starts = None
-    for sp in split_functions(post_text):
+    marks = sorted(added)
+    for sp in _split_cached(post_text):
+        i = bisect.bisect_left(marks, sp.start)
+        if i == len(marks) or marks[i] > sp.end:
+            continue            # no added line in this function: no unit
         body = range(sp.start, sp.end + 1)
         real = [n for n in body if n - 1 < len(lines) and nontrivial(lines[n - 1])]
         if not real:
@@ -789,39 +793,15 @@ def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40
             if nl < min_lines:
                 continue
             if whole:
-                text = post_text[sp.body_off:sp.end_off]
-                if line_starts is None:
-                    line_starts = _line_starts(post_text)
-                off = line_starts[sp.start - 1] if sp.start - 1 < len(line_starts) else len(post_text)
-                first = sp.start + post_text.count("\n", off, sp.body_off)
+                # the body, tokenised once for this and function_codes()
+                codes, rel = _body_tokens(post_text[sp.body_off:sp.end_off])
+                tl = rel + (post_text.count("\n", 0, sp.body_off) + 1)
             else:
-                text = "\n".join(lines[a - 1:b])
-                first = a
-            codes, tl = tokens_with_lines(text, first)
+                codes, tl = tokens_with_lines("\n".join(lines[a - 1:b]), a)
             if len(codes) < min_tokens:
                 continue
             out.append(Unit(path, sp.name, a, b, whole, codes, tl, nl))
     return out
-
-
-def _line_starts(text: str) -> list[int]:
-    """Offsets of the starts of the lines of text (_line_offset(text, n) is
-    entry n - 1, or len(text) past the last one)."""
-    out = [0]
-    i = text.find("\n")
-    while i >= 0:
-        out.append(i + 1)
-        i = text.find("\n", i + 1)
-    return out
-
-
-def _line_offset(text: str, line: int) -> int:
-    off = 0
-    for _ in range(line - 1):
-        off = text.find("\n", off) + 1
-        if off == 0:
-            return len(text)
-    return off
 
 
 @dataclass(frozen=True)

@@ -841,7 +841,7 @@ def function_codes(text: str) -> list[tuple[Span, np.ndarray, np.ndarray]]:
     distinct body text (a series shows the same functions again and again)."""
     out = []
     line, pos = 1, 0
-    for sp in split_functions(text):
+    for sp in _split_cached(text):
         line += text.count("\n", pos, sp.body_off)
         pos = sp.body_off
         codes, rel = _body_tokens(text[sp.body_off:sp.end_off])

@@ -471,6 +471,18 @@ def _chunk_call_names(nodes: list[tree_sitter.Node], chunk: tree_sitter.Node) ->
 _chunk_call_names.query = "call_expression"
 
 
+def node_call_names(node: tree_sitter.Node) -> frozenset[str]:
+    """{c.name for c in calls(node)}, memoised by the node's text (shared
+    with call_names() when the node is a chunk, as a top-level function is)."""
+    key = ("call_names", node.type, hashlib.blake2b(node.text or b"", digest_size=16).digest())
+    got = _CHUNK_DATA.get(key)
+    if got is None:
+        got = _CHUNK_DATA[key] = _chunk_call_names(_captures(node, "call_expression"), node)
+        if len(_CHUNK_DATA) > _CHUNK_DATA_SIZE:
+            _CHUNK_DATA.popitem(last=False)
+    return got
+
+
 # -- chunks: whole-file facts computed once per distinct piece of text ----------
 #
 # A series shows a big file again and again (each patch's pre- and

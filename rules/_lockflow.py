@@ -723,14 +723,17 @@ def _base_summary(f: cparse.Function) -> tuple:
         v = cparse._declarator_name(n.child_by_field_name("declarator"))
         if v:
             params.append(v)
-    calls = cparse.calls(f.node)
-    lockish = any(c.name in _LOCKISH for c in calls)
+    names = cparse.node_call_names(f.node)
+    lockish = not names.isdisjoint(_LOCKISH)
     _TAKES_LOCKS[key] = lockish
     if len(_TAKES_LOCKS) > _BASE_SIZE:
         _TAKES_LOCKS.pop(next(iter(_TAKES_LOCKS)))
-    if not lockish and not any(sleeping_call(c.name, c.args) for c in calls):
-        # nothing the walk below would record: skip it (most functions)
-        got = (Summary(f.name, params), frozenset(c.name for c in calls))
+    if not lockish and (b"GFP_" not in (f.node.text or b"")
+                        and not any(sleeping_call(n, ()) for n in names)):
+        # nothing the walk below would record (no sleeping call either:
+        # that needs a sleeping name or a GFP_ flag): skip it, and the
+        # Call objects too (most functions of a big file)
+        got = (Summary(f.name, params), names)
         _BASE[key] = got
         if len(_BASE) > _BASE_SIZE:
             _BASE.popitem(last=False)

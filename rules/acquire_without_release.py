@@ -444,8 +444,10 @@ def _transferred_before(body, var, acq, ex) -> bool:
 
 def _init_exit_pairs(text: str, tree) -> list[tuple[str, str]]:
     out = []
-    mi = re.search(r"^module_init\((\w+)\)", text, re.M)
-    me = re.search(r"^module_exit\((\w+)\)", text, re.M)
+    mi = me = None
+    if "module_init(" in text and "module_exit(" in text:      # cheap test first: big files
+        mi = re.search(r"^module_init\((\w+)\)", text, re.M)
+        me = re.search(r"^module_exit\((\w+)\)", text, re.M)
     if mi and me:
         out.append((mi.group(1), me.group(1)))
     for t in cparse.struct_initializers(tree):

@@ -63,7 +63,7 @@ class PreemptRtIfdef(Rule):
             if is_rt_core(fv.path):
                 continue
             added = fv.added_lines
-            if not added or not _RT_RE.search(fv.post_text):
+            if not added or "CONFIG_PREEMPT_RT" not in fv.post_text:
                 continue        # no PREEMPT_RT symbol anywhere in the file
             sites = []     # (line, end_line, has_lock, symbol)
             for node in cparse.preproc_conditionals(fv.post_tree, added):

@@ -14,7 +14,8 @@ Each run is a fresh process (a cold review, as `reviewbot review` does):
 one in which each rule is timed on its own, in code order (the first rule
 touching a file pays for its parse and for whatever caches it fills), and
 one measuring the stages as the review runs them (all rules in one
-engine.run).  Medians over the runs are shown, and the peak RSS.
+engine.start/finish, the duplicated-code rules forked off before the
+parse).  Medians over the runs are shown, and the peak RSS.
 --json-out writes the findings (per patch and series) as JSON, to compare
 before/after a change.
 """
@@ -47,23 +48,33 @@ def _inputs(large: bool) -> bytes:
 
 def one_run(data: bytes, per_rule: bool) -> tuple[dict, dict, review.Result]:
     times: dict[str, float] = {}
-    orig_run = engine.run
+    orig_start = engine.start
 
-    def timed_run(rules, contexts, only=None):
-        if per_rule:
+    class _PerRule:
+        """Each rule alone, in this process, then the real run."""
+
+        def __init__(self, rules, contexts, only):
+            self.args = (rules, contexts, only)
+
+        def cancel(self):
+            pass
+
+        def finish(self):
+            rules, contexts, only = self.args
             for r in rules:
                 if only and r.code not in only and r.name not in only:
                     continue
                 t = time.perf_counter()
-                orig_run([r], contexts, only)
+                orig_start([r], contexts, only).finish()
                 times[r.code] = time.perf_counter() - t
-        return orig_run(rules, contexts, only)
+            return orig_start(rules, contexts, only).finish()
 
-    review.engine.run = timed_run
+    if per_rule:
+        review.engine.start = _PerRule
     try:
         res = review.review_mbox(data, review.Options(tree=str(CACHE / "tree")))
     finally:
-        review.engine.run = orig_run
+        review.engine.start = orig_start
     return times, res.timings, res
 
 

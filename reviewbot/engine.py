@@ -197,18 +197,45 @@ def run(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None =
     process runs the others (the machine's second core); if the child
     cannot be had or fails, they run here.  The result is the same either
     way.  REVIEWBOT_JOBS=1 turns this off."""
-    selected = [r for r in rules if not only or r.code in only or r.name in only]
-    side = [r for r in selected if r.own_process]
-    main = [r for r in selected if not r.own_process]
-    child = _fork_rules(side, contexts) if side and main and _may_fork() else None
-    try:
-        results = [_run_serial(main, contexts)]
+    return start(rules, contexts, only).finish()
+
+
+class Run:
+    """Rules started on a series: start() forks the own-process rules off
+    at once (they need no parse trees, so the review can parse while they
+    run); finish() runs the others here and gathers everything."""
+
+    def __init__(self, rules: list[Rule], contexts: list[PatchContext], only: set[str] | None):
+        self.contexts = contexts
+        self.selected = [r for r in rules if not only or r.code in only or r.name in only]
+        self.side = [r for r in self.selected if r.own_process]
+        self.main = [r for r in self.selected if not r.own_process]
+        self.child = _fork_rules(self.side, contexts) if self.side and self.main and _may_fork() else None
+
+    def cancel(self) -> None:
+        if self.child is not None:
+            self.child.kill()
+
+    def finish(self) -> tuple[dict[int, list[Finding]], list[Finding], list[str]]:
+        try:
+            return self._finish()
+        finally:
+            self.cancel()       # interrupted: do not leave it running
+
+    def _finish(self):
+        contexts, selected, side = self.contexts, self.selected, self.side
+        results = [_run_serial(self.main, contexts)]
         if side:
-            got = child.result() if child is not None else None
+            got = self.child.result() if self.child is not None else None
             results.append(got if got is not None else _run_serial(side, contexts))
-    finally:
-        if child is not None:
-            child.kill()        # interrupted: do not leave it running
+        return _merge(results, selected)
+
+
+def start(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None = None) -> Run:
+    return Run(rules, contexts, only)
+
+
+def _merge(results, selected: list[Rule]):
     per_patch: dict[int, list[Finding]] = {}
     series_findings: list[Finding] = []
     notes: list[tuple[str, str]] = []

@@ -117,7 +117,7 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
                 images = [_apply_one(session, r) for r in results]
         else:
             images = [None] * len(results)
-        with timer("parse"):
+        with timer("parse"):        # the images (blobs), then the parse below
             for r, img in zip(results, images):
                 r.notes.extend(r.patch.diff.notes)
                 if not r.patch.has_diff:
@@ -131,22 +131,30 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
                             pre = session.read_blob(pre_tree, fd.old_path)
                         if post_tree and fd.path:
                             post = session.read_blob(post_tree, fd.path)
-                    fv = engine.FileView(fd, pre, post)
-                    if fd.is_c and not fd.is_deleted:
-                        # parse now (memoised by content), so that the
-                        # rules stage measures the rules
-                        fv.post_tree
-                        if not fd.is_new:
-                            fv.pre_tree
-                    files.append(fv)
+                    files.append(engine.FileView(fd, pre, post))
                 contexts.append(engine.PatchContext(ser, r.patch, r.patch.diff, files, session is not None,
                                                     tree_path=opts.tree if session is not None else None,
                                                     base=base))
             for c in contexts:
                 c.all_patches = contexts
         with timer("rules"):
-            rules = engine.discover()
-            per_patch, series_findings, rule_notes = engine.run(rules, contexts, opts.only_rules)
+            # the own-process rules (duplicated code) start now, in a
+            # forked process, and run while this one parses
+            run = engine.start(engine.discover(), contexts, opts.only_rules)
+        try:
+            with timer("parse"):
+                for c in contexts:
+                    for fv in c.c_files():
+                        # parse now (memoised by content), so that the
+                        # rules stage measures the rules
+                        fv.post_tree
+                        if not fv.diff.is_new:
+                            fv.pre_tree
+            with timer("rules"):
+                per_patch, series_findings, rule_notes = run.finish()
+        finally:
+            run.cancel()
+        with timer("rules"):
             notes.extend(rule_notes)
             for r in results:
                 found = per_patch.get(r.patch.index, [])

@@ -19,16 +19,16 @@ def _contexts(tmp_path):
     mbox = next((FIXTURES / "DUP001").glob("bad-*.mbox"))
     tree = _make_tree(mbox.parent / (mbox.stem.split("-", 1)[1] + ".tree"), tmp_path / "tree")
     seen = []
-    orig = engine.run
+    orig = engine.start
 
     def spy(rules, contexts, only=None):
         seen.append(contexts)
         return orig(rules, contexts, only)
-    review.engine.run = spy
+    review.engine.start = spy
     try:
         res = review_mbox(mbox.read_bytes(), Options(tree=tree))
     finally:
-        review.engine.run = orig
+        review.engine.start = orig
     return mbox, tree, res, seen[0]
 
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 
-import jinja2
-
 from . import mail
 from .diffmodel import FileDiff, Hunk
 from .findings import Finding
@@ -41,7 +39,8 @@ class ReplyDraft:
                 "subject": self.subject, "body": self.body}
 
 
-def _env() -> jinja2.Environment:
+def _env() -> "jinja2.Environment":
+    import jinja2           # only when a reply is drafted (most reviews of clean code draft none)
     loader = jinja2.FunctionLoader(_load_template)
     return jinja2.Environment(loader=loader, autoescape=False, keep_trailing_newline=True,
                               undefined=jinja2.StrictUndefined)

@@ -517,8 +517,14 @@ def _chunkwise(tree: tree_sitter.Tree, kind: str, compute) -> list[tuple[tree_si
     """[(chunk, compute(nodes of type compute.query in the chunk, chunk))]
     over the chunks of a tree, memoised by (kind, chunk text).  When many
     chunks are new, one query over the whole tree finds the nodes."""
-    chunks = _chunks(tree.root_node)
-    keys = [(kind, c.type, hashlib.blake2b(c.text or b"", digest_size=16).digest()) for c in chunks]
+    m = _memo(tree.root_node)
+    got = m.get("chunks")
+    if got is None:
+        chunks = _chunks(tree.root_node)
+        got = m["chunks"] = (chunks, [(c.type, hashlib.blake2b(c.text or b"", digest_size=16).digest())
+                                      for c in chunks])
+    chunks = got[0]
+    keys = [(kind, t, d) for t, d in got[1]]
     missing = [i for i, k in enumerate(keys) if k not in _CHUNK_DATA]
     if missing:
         if len(missing) > 8:

@@ -689,7 +689,7 @@ def sleeping_call(name: str, args: tuple[str, ...]) -> str | None:
 class ImageInfo:
     functions: list[cparse.Function]
     byname: dict[str, cparse.Function]
-    summaries: dict[str, Summary]
+    summaries: "_Summaries"         # name -> Summary, made on demand
     flows: dict[str, Flow]
     memo: dict = field(default_factory=dict)     # per-rule derived data
 
@@ -805,8 +805,8 @@ def may_lock(info: "ImageInfo", name: str) -> bool:
 
 
 def called_names(f: cparse.Function) -> frozenset[str]:
-    """The names a function calls (memoised with its summary)."""
-    return _base_summary(f)[1]
+    """The names a function calls (memoised by its text)."""
+    return cparse.node_call_names(f.node)
 
 
 # Call names that make a function's own summary non-empty (with
@@ -815,40 +815,93 @@ _LOCKISH = frozenset(ACQUIRE) | frozenset(RELEASE) | frozenset(TRYLOCK) | frozen
     | {"guard", "scoped_guard"}
 
 
-def _summaries(funcs: list[cparse.Function]) -> dict[str, Summary]:
-    out: dict[str, Summary] = {}
-    called: dict[str, frozenset] = {}
-    for f in funcs:
-        if not f.name:
-            continue
+def _summaries(funcs: list[cparse.Function]) -> "_Summaries":
+    return _Summaries(funcs)
+
+
+class _Summaries:
+    """Summaries of an image's functions, by name, each made when first
+    asked for: a rule looks at the functions a patch touches and at what
+    they call, not at the other hundreds of a big file.
+
+    `takes` is closed over the same-file callees (every lock a function
+    takes itself or through a callee, transitively); a lock a function
+    gets only through callees that take it under a condition is in
+    `cond_takes` ("maybe")."""
+
+    def __init__(self, funcs: list[cparse.Function]):
+        self.by: dict[str, cparse.Function] = {}
+        for f in funcs:
+            if f.name:
+                self.by[f.name] = f          # a later definition of a name wins
+        self.done: dict[str, Summary] = {}
+
+    def __len__(self) -> int:
+        return len(self.by)
+
+    def __contains__(self, name) -> bool:
+        return name in self.by
+
+    def __getitem__(self, name: str) -> Summary:
+        got = self.get(name)
+        if got is None:
+            raise KeyError(name)
+        return got
+
+    def get(self, name: str, default=None):
+        if name not in self.by:
+            return default
+        got = self.done.get(name)
+        if got is None:
+            self._close(name)
+            got = self.done[name]
+        return got
+
+    def _own(self, name: str) -> tuple[Summary, frozenset]:
+        f = self.by[name]
         b, names = _base_summary(f)
         start = f.start
-        out[f.name] = Summary(
+        return Summary(
             b.name, list(b.params), list(b.acquires), list(b.releases), set(b.takes),
             set(b.cond_takes), {k: v + start for k, v in b.take_sites.items()}, b.sleeps,
             None if b.sleep_line is None else b.sleep_line + start,
-            None if b.sleep_end is None else b.sleep_end + start)
-        called[f.name] = names
-    # callee lock sets: fixpoint over same-file calls (bounded)
-    direct_callees = {}
-    for f in funcs:
-        if f.name:
-            direct_callees[f.name] = {c for c in called[f.name] if c in out}
-    for _ in range(4):
-        changed = False
-        for name, callees in direct_callees.items():
-            for cal in callees:
-                if cal == name:
-                    continue
-                new = out[cal].takes - out[name].takes
-                if new:
-                    out[name].takes |= new
-                    # taken only conditionally down there: only maybe here
-                    out[name].cond_takes |= new & out[cal].cond_takes
-                    changed = True
-        if not changed:
-            break
-    return out
+            None if b.sleep_end is None else b.sleep_end + start), names
+
+    def _close(self, name: str) -> None:
+        """Summaries of `name` and every same-file function it reaches."""
+        own: dict[str, Summary] = {}
+        callees: dict[str, list[str]] = {}
+        todo = [name]
+        while todo:
+            n = todo.pop()
+            if n in own or n in self.done:
+                continue
+            s, names = self._own(n)
+            own[n] = s
+            callees[n] = sorted(c for c in names if c in self.by and c != n)
+            todo.extend(callees[n])
+        def summ(n):
+            return own[n] if n in own else self.done[n]
+        # uncond[n]: locks n takes unconditionally, itself or through a callee
+        uncond = {n: s.takes - s.cond_takes for n, s in own.items()}
+        changed = True
+        while changed:
+            changed = False
+            for n, s in own.items():
+                for c in callees[n]:
+                    cs = summ(c)
+                    new = cs.takes - s.takes
+                    if new:
+                        s.takes |= new
+                        changed = True
+                    cu = cs.takes - cs.cond_takes if c in self.done else uncond[c]
+                    add = cu - uncond[n]
+                    if add:
+                        uncond[n] |= add
+                        changed = True
+        for n, s in own.items():
+            s.cond_takes = s.takes - uncond[n]
+            self.done[n] = s
 
 
 def _conditional_lines(fn_node) -> set[int]:

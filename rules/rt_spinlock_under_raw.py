@@ -121,7 +121,8 @@ def _takes_spin(fn_node) -> bool:
     key = (fn_node.text, fn_node.descendant_count)
     got = _TAKES_SPIN.get(key)
     if got is None:
-        got = any(c.name in SLEEPING_SPIN and not held for c, held in walk_held(fn_node))
+        got = (not cparse.node_call_names(fn_node).isdisjoint(SLEEPING_SPIN)
+               and any(c.name in SLEEPING_SPIN and not held for c, held in walk_held(fn_node)))
         _TAKES_SPIN[key] = got
         if len(_TAKES_SPIN) > 8192:
             _TAKES_SPIN.popitem(last=False)

@@ -51,6 +51,7 @@ def _pids(per_patch):
 
 def test_own_process_rules_run_in_a_child_and_their_findings_come_back(tmp_path, monkeypatch):
     monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    monkeypatch.setattr(engine, "FORK_MIN_ADDED", 0)
     *_, ctxs = _contexts(tmp_path)
     me = os.getpid()
     per_patch, _, notes = engine.run([_PidRule("TST001", False), _PidRule("TST002", True)], ctxs)
@@ -62,6 +63,7 @@ def test_own_process_rules_run_in_a_child_and_their_findings_come_back(tmp_path,
 
 def test_a_child_that_dies_is_replaced_by_running_the_rule_here(tmp_path, monkeypatch):
     monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    monkeypatch.setattr(engine, "FORK_MIN_ADDED", 0)
     *_, ctxs = _contexts(tmp_path)
     me = os.getpid()
     per_patch, _, notes = engine.run([_PidRule("TST001", False),
@@ -72,6 +74,7 @@ def test_a_child_that_dies_is_replaced_by_running_the_rule_here(tmp_path, monkey
 
 def test_jobs_1_keeps_every_rule_in_this_process(tmp_path, monkeypatch):
     monkeypatch.setenv("REVIEWBOT_JOBS", "1")
+    monkeypatch.setattr(engine, "FORK_MIN_ADDED", 0)
     *_, ctxs = _contexts(tmp_path)
     per_patch, _, _ = engine.run([_PidRule("TST001", False), _PidRule("TST002", True)], ctxs)
     assert set(_pids(per_patch).values()) == {os.getpid()}
@@ -81,6 +84,7 @@ def test_a_review_is_the_same_with_and_without_the_child(tmp_path, monkeypatch):
     """All rules on a real fixture: identical JSON either way, and the
     duplicated-code finding (made in the child) is in it."""
     monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    monkeypatch.setattr(engine, "FORK_MIN_ADDED", 0)
     mbox, tree, res, _ = _contexts(tmp_path)
     forked = review.to_json(res)
     monkeypatch.setenv("REVIEWBOT_JOBS", "1")
@@ -89,3 +93,11 @@ def test_a_review_is_the_same_with_and_without_the_child(tmp_path, monkeypatch):
         d.pop("timings", None)
     assert forked == serial
     assert any(f["rule"] == "DUP001" for p in forked["patches"] for f in p["findings"])
+
+
+def test_small_patches_are_not_worth_a_child(tmp_path, monkeypatch):
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    *_, ctxs = _contexts(tmp_path)
+    assert 0 < engine._added_c_lines(ctxs) < engine.FORK_MIN_ADDED
+    per_patch, _, _ = engine.run([_PidRule("TST001", False), _PidRule("TST002", True)], ctxs)
+    assert set(_pids(per_patch).values()) == {os.getpid()}

@@ -86,9 +86,11 @@ class UnlockedSkbQueue(Rule):
             locked_uses = _locked_uses(fv.post_tree)
             removed = "\n".join(ln.text for ln in fv.diff.removed())
             for fn, pre_fn in functions_touched(fv):
+                if cparse.node_call_names(fn.node).isdisjoint(UNLOCKED):
+                    continue        # no unlocked queue helper called here
                 pre_count = _unlocked_counts(pre_fn) if pre_fn is not None else {}
                 post_seen: dict[tuple, int] = {}
-                local = locals_of(fn.node)
+                local = None
                 for c, held in walk_held(fn.node):
                     if c.name not in UNLOCKED or len(c.args) <= UNLOCKED[c.name]:
                         continue
@@ -97,6 +99,8 @@ class UnlockedSkbQueue(Rule):
                     if c.line not in added or post_seen[(c.name, field)] <= pre_count.get((c.name, field), 0):
                         continue
                     root = re.match(r"\w+", full)
+                    if local is None:
+                        local = locals_of(fn.node)
                     if field == full and root and root.group(0) in local:
                         continue             # a local queue
                     if "->" not in full and "." not in full and root and root.group(0) in local:

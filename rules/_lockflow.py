@@ -797,9 +797,12 @@ def may_lock(info: "ImageInfo", name: str) -> bool:
         _base_summary(f)
     if _TAKES_LOCKS.get(key, True):
         return True
+    by = info.summaries.by
     for c in called_names(f):
-        summ = info.summaries.get(c)
-        if summ is not None and c != name and summ.acquires:
+        g = by.get(c)
+        if g is None or c == name or cparse.node_call_names(g.node).isdisjoint(_LOCKISH):
+            continue        # not here, or takes nothing itself: no acquires
+        if _base_summary(g)[0].acquires:
             return True
     return False
 

@@ -319,15 +319,37 @@ def conditional_condition(node: tree_sitter.Node) -> str:
 @dataclass(frozen=True)
 class Initializer:
     """A designated initialiser of a struct variable (an ops table):
-    `static const struct bpf_map_ops sock_hash_ops = { .map_alloc = ..., };`"""
+    `static const struct bpf_map_ops sock_hash_ops = { .map_alloc = ..., };`
+    Lines are stored relative to `shift` (an image of a series reuses the
+    tables of the one before, moved)."""
     struct: str                 # struct tag, e.g. "bpf_map_ops"
     name: str                   # variable name
-    start: int                  # 1-based line of the declaration
-    end: int
-    members: tuple[tuple[str, str, int], ...]   # (member, value text, line), top level only
+    rel_start: int
+    rel_end: int
+    rel_members: tuple[tuple[str, str, int], ...]
+    shift: int = 0
+
+    @property
+    def start(self) -> int:
+        """1-based line of the declaration."""
+        return self.rel_start + self.shift
+
+    @property
+    def end(self) -> int:
+        return self.rel_end + self.shift
+
+    @cached_property
+    def members(self) -> tuple[tuple[str, str, int], ...]:
+        """(member, value text, line), top level only."""
+        d = self.shift
+        return self.rel_members if not d else tuple((m, v, ln + d) for m, v, ln in self.rel_members)
+
+    def moved(self, shift: int) -> "Initializer":
+        return Initializer(self.struct, self.name, self.rel_start, self.rel_end, self.rel_members,
+                           self.shift + shift)
 
     def get(self, member: str) -> str | None:
-        for m, v, _ in self.members:
+        for m, v, _ in self.rel_members:
             if m == member:
                 return v
         return None
@@ -344,7 +366,7 @@ class Initializer:
 
     @cached_property
     def member_names(self) -> frozenset[str]:
-        return frozenset(m for m, _, _ in self.members)
+        return frozenset(m for m, _, _ in self.rel_members)
 
 
 def _designated_members(node: tree_sitter.Node) -> tuple[tuple[str, str, int], ...]:
@@ -411,9 +433,7 @@ def struct_initializers(tree: tree_sitter.Tree) -> list[Initializer]:
         for chunk, rel in _chunkwise(tree, "struct_initializers", _chunk_initializers):
             if rel:
                 base = line_of(chunk) - 1
-                out.extend(Initializer(i.struct, i.name, i.start + base, i.end + base,
-                                       tuple((mm, v, ln + base) for mm, v, ln in i.members))
-                           for i in rel)
+                out.extend(i.moved(base) for i in rel)
         m["struct_initializers"] = out
     return list(m["struct_initializers"])
 

@@ -53,8 +53,10 @@ def one_run(data: bytes, per_rule: bool) -> tuple[dict, dict, review.Result]:
     class _PerRule:
         """Each rule alone, in this process, then the real run."""
 
-        def __init__(self, rules, contexts, only):
+        def __init__(self, rules, contexts, only, prefork=None):
             self.args = (rules, contexts, only)
+            if prefork is not None:
+                prefork.cancel()
 
         def cancel(self):
             pass

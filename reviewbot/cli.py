@@ -180,13 +180,17 @@ def _install_signal_handlers() -> dict:
 
 
 def main(argv=None) -> int:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
+    # `reviewbot ... | head` ends quietly; restored on return (a caller
+    # running main() in-process keeps its own SIGPIPE handling)
+    old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
     old_handlers = _install_signal_handlers()
     try:
         return _main(argv)
     finally:
         for sig, h in old_handlers.items():
             signal.signal(sig, h if h is not None else signal.SIG_DFL)
+        if old_pipe is not None:
+            signal.signal(signal.SIGPIPE, old_pipe)
 
 
 def _main(argv=None) -> int:

@@ -44,6 +44,11 @@ class FileView:
     def path(self) -> str:
         return self.diff.path
 
+    def __getstate__(self):
+        # parse trees are caches that cannot be pickled (a child process
+        # running rules parses again if it needs them)
+        return {k: v for k, v in self.__dict__.items() if k not in ("post_tree", "pre_tree")}
+
     @cached_property
     def post_text(self) -> str:
         """The post-image, or what the hunks show of it when no tree is known
@@ -131,6 +136,11 @@ class Rule:
     # run() may run such rules in a forked process next to the rest.
     own_process: bool = False
 
+    def prepare(self) -> None:
+        """Load what the rule needs (modules, indexes) ahead of the review:
+        called in the process an own-process rule will run in, while the
+        main process is still applying the series."""
+
     def check_patch(self, ctx: PatchContext) -> Iterable[Finding]:
         return ()
 
@@ -201,18 +211,25 @@ def run(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None =
 
 
 class Run:
-    """Rules started on a series: start() forks the own-process rules off
-    at once (they need no parse trees, so the review can parse while they
-    run); finish() runs the others here and gathers everything."""
+    """Rules started on a series: start() hands the own-process rules to a
+    child process at once (a Prefork made earlier, or a fork now); they
+    need no parse trees, so the review parses while they run.  finish()
+    runs the others here and gathers everything."""
 
-    def __init__(self, rules: list[Rule], contexts: list[PatchContext], only: set[str] | None):
+    def __init__(self, rules: list[Rule], contexts: list[PatchContext], only: set[str] | None,
+                 prefork: "Prefork | None" = None):
         self.contexts = contexts
         self.selected = [r for r in rules if not only or r.code in only or r.name in only]
         self.side = [r for r in self.selected if r.own_process]
         self.main = [r for r in self.selected if not r.own_process]
         self.child = None
-        if self.side and self.main and _added_c_lines(contexts) >= FORK_MIN_ADDED and _may_fork():
-            self.child = _fork_rules(self.side, contexts)
+        if self.side and self.main:
+            if prefork is not None:
+                self.child = prefork.hand(self.side, contexts)
+            elif _added_c_lines(contexts) >= FORK_MIN_ADDED and _may_fork():
+                self.child = _fork_rules(self.side, contexts)
+        if prefork is not None:
+            prefork.cancel()        # not used (or already handed over): let it go
 
     def cancel(self) -> None:
         if self.child is not None:
@@ -233,8 +250,119 @@ class Run:
         return _merge(results, selected)
 
 
-def start(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None = None) -> Run:
-    return Run(rules, contexts, only)
+def start(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None = None,
+          prefork: "Prefork | None" = None) -> Run:
+    return Run(rules, contexts, only, prefork)
+
+
+class Prefork:
+    """A child process forked before the series is applied: it runs the
+    own-process rules' prepare() (numpy and the tree index for the
+    duplicated-code search) while this process applies and builds the
+    contexts, then gets them through a pipe (pickled) and runs the rules.
+    Made only where a fork would be (Linux, REVIEWBOT_JOBS unset, enough
+    added lines); any failure leaves the rules to this process."""
+
+    def __init__(self, rules: list[Rule], added_c_lines: int, only: set[str] | None = None):
+        selected = [r for r in rules if not only or r.code in only or r.name in only]
+        self.side = [r for r in selected if r.own_process]
+        self.child: _Child | None = None
+        self.to_child: int | None = None
+        if self.side and len(self.side) < len(selected) and added_c_lines >= FORK_MIN_ADDED \
+                and _may_fork():
+            self._fork()
+
+    def _fork(self) -> None:
+        try:
+            r1, w1 = os.pipe()              # contexts: here -> child
+        except OSError:
+            return
+        try:
+            r2, w2 = os.pipe()              # results: child -> here
+        except OSError:
+            os.close(r1)
+            os.close(w1)
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (r1, w1, r2, w2):
+                os.close(fd)
+            return
+        if pid == 0:                                     # the child
+            code = 1
+            try:
+                os.close(w1)
+                os.close(r2)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _forget_inherited_readers()
+                for r in self.side:
+                    try:
+                        r.prepare()
+                    except Exception:
+                        pass
+                with os.fdopen(r1, "rb") as f:
+                    data = f.read()
+                if data:
+                    import gc
+                    gc.disable()                # a big unpickle: no collections in between
+                    contexts, codes = pickle.loads(data)
+                    rules = [r for r in self.side if r.code in codes]
+                    out = pickle.dumps(_run_serial(rules, contexts), protocol=pickle.HIGHEST_PROTOCOL)
+                    with os.fdopen(w2, "wb") as f:
+                        f.write(out)
+                code = 0
+            except BaseException:
+                pass
+            finally:
+                os._exit(code)
+        os.close(r1)
+        os.close(w2)
+        self.to_child = w1
+        self.child = _Child(pid, r2)
+
+    def hand(self, rules: list[Rule], contexts: list[PatchContext]) -> "_Child | None":
+        """Give the child the contexts; its result() is then that of RULES."""
+        child, fd = self.child, self.to_child
+        if child is None or fd is None:
+            return None
+        self.child = self.to_child = None
+        try:
+            data = pickle.dumps((contexts, [r.code for r in rules]), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            log.debug("cannot hand the contexts over: %s", exc)
+            os.close(fd)
+            child.kill()
+            return None
+        # a child that died before reading must not take this process with
+        # it: the CLI lets SIGPIPE kill (for `| head`)
+        old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException as exc:
+            log.debug("handing the rules to the child failed: %s", exc)
+            child.kill()
+            if not isinstance(exc, Exception):
+                raise
+            return None
+        finally:
+            signal.signal(signal.SIGPIPE, old_pipe)
+        return child
+
+    def cancel(self) -> None:
+        if self.to_child is not None:
+            try:
+                os.close(self.to_child)
+            except OSError:
+                pass
+            self.to_child = None
+        if self.child is not None:
+            self.child.kill()
+            self.child = None
 
 
 def _merge(results, selected: list[Rule]):

@@ -95,7 +95,15 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
     contexts: list[engine.PatchContext] = []
     session = None
     base = None
+    prefork = None
     try:
+        with timer("rules"):
+            rules = engine.discover()
+            # a big series: the duplicated-code search gets its process
+            # now, and loads numpy and the index while we apply
+            prefork = engine.Prefork(rules, sum(len(fd.added()) for p in ser.patches
+                                                for fd in p.diff.files if fd.is_c and not fd.is_deleted),
+                                     opts.only_rules)
         if opts.tree:
             with timer("apply"):
                 if progress:
@@ -140,7 +148,7 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
         with timer("rules"):
             # the own-process rules (duplicated code) start now, in a
             # forked process, and run while this one parses
-            run = engine.start(engine.discover(), contexts, opts.only_rules)
+            run = engine.start(rules, contexts, opts.only_rules, prefork=prefork)
         try:
             with timer("parse"):
                 for c in contexts:
@@ -162,6 +170,8 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
                 r.findings = kept
                 r.notes.extend(dropped)
     finally:
+        if prefork is not None:
+            prefork.cancel()
         if session is not None:
             session.close()
     with timer("render"):

@@ -68,6 +68,9 @@ class DuplicatedCode(Rule):
         self._postings = None
         self._old_funcs = None
 
+    def prepare(self) -> None:
+        dx.K                    # imports numpy and the index module
+
     def check_patch(self, ctx: PatchContext):
         series_units = self._series_units(ctx)
         mine = [u for c, u in series_units if c is ctx]

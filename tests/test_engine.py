@@ -21,9 +21,9 @@ def _contexts(tmp_path):
     seen = []
     orig = engine.start
 
-    def spy(rules, contexts, only=None):
+    def spy(rules, contexts, only=None, prefork=None):
         seen.append(contexts)
-        return orig(rules, contexts, only)
+        return orig(rules, contexts, only, prefork=prefork)
     review.engine.start = spy
     try:
         res = review_mbox(mbox.read_bytes(), Options(tree=tree))
@@ -101,3 +101,75 @@ def test_small_patches_are_not_worth_a_child(tmp_path, monkeypatch):
     assert 0 < engine._added_c_lines(ctxs) < engine.FORK_MIN_ADDED
     per_patch, _, _ = engine.run([_PidRule("TST001", False), _PidRule("TST002", True)], ctxs)
     assert set(_pids(per_patch).values()) == {os.getpid()}
+
+
+class _PrepRule(_PidRule):
+    """Records in its finding whether prepare() ran in the same process."""
+
+    def prepare(self):
+        self.prepared_in = os.getpid()
+        if self.die and os.getpid() != self.parent:
+            os._exit(4)
+
+    def check_patch(self, ctx):
+        yield self.finding(None, None, f"pid {os.getpid()} prepared {getattr(self, 'prepared_in', 0)}")
+
+
+def test_a_prefork_prepares_early_and_runs_the_rules_on_the_contexts_handed_over(tmp_path, monkeypatch):
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    *_, ctxs = _contexts(tmp_path)
+    rules = [_PidRule("TST001", False), _PrepRule("TST002", True)]
+    pre = engine.Prefork(rules, engine.FORK_MIN_ADDED)
+    per_patch, _, notes = engine.start(rules, ctxs, prefork=pre).finish()
+    (f,) = [f for fs in per_patch.values() for f in fs if f.rule == "TST002"]
+    _, pid, _, prepared = f.message.split()
+    assert int(pid) != os.getpid() and int(prepared) == int(pid)     # prepared there, ran there
+    assert notes == []
+
+
+def test_a_prefork_that_dies_leaves_the_rules_to_this_process(tmp_path, monkeypatch):
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    *_, ctxs = _contexts(tmp_path)
+    me = os.getpid()
+    rules = [_PidRule("TST001", False), _PrepRule("TST002", True, parent=me, die_in_child=True)]
+    pre = engine.Prefork(rules, engine.FORK_MIN_ADDED)
+    per_patch, _, notes = engine.start(rules, ctxs, prefork=pre).finish()
+    assert _pids(per_patch) == {"TST001": me, "TST002": me}
+    assert notes == []
+
+
+def test_an_unused_prefork_is_reaped(tmp_path, monkeypatch):
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    *_, ctxs = _contexts(tmp_path)
+    rules = [_PidRule("TST001", False), _PrepRule("TST002", True)]
+    pre = engine.Prefork(rules, engine.FORK_MIN_ADDED)
+    pid = pre.child.pid
+    engine.start(rules, ctxs, only={"TST001"}, prefork=pre).finish()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_dead_prefork_does_not_take_the_cli_down_with_sigpipe(tmp_path):
+    """The CLI lets SIGPIPE kill (for `| head`): handing the contexts to a
+    child that has already died must still leave the review to go on."""
+    import subprocess
+    import sys
+    code = f"""
+import os, signal, sys, time, pathlib
+sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+import test_engine as t
+from reviewbot import engine
+*_, ctxs = t._contexts(pathlib.Path({str(tmp_path)!r}))
+me = os.getpid()
+rules = [t._PidRule("TST001", False), t._PrepRule("TST002", True, parent=me, die_in_child=True)]
+pre = engine.Prefork(rules, engine.FORK_MIN_ADDED)
+time.sleep(0.5)                      # the child is gone before the contexts come
+pp, _, _ = engine.start(rules, ctxs, prefork=pre).finish()
+print(sorted(t._pids(pp).values()) == [me, me])
+"""
+    env = dict(os.environ)
+    env.pop("REVIEWBOT_JOBS", None)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr[-500:]
+    assert p.stdout.strip() == "True"

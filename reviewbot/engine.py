@@ -268,27 +268,33 @@ class Prefork:
         self.side = [r for r in selected if r.own_process]
         self.child: _Child | None = None
         self.to_child: int | None = None
+        self.mem: int | None = None
         if self.side and len(self.side) < len(selected) and added_c_lines >= FORK_MIN_ADDED \
                 and _may_fork():
             self._fork()
 
     def _fork(self) -> None:
+        # The contexts go through an anonymous memory file (the child may
+        # still be importing when they are ready: a pipe would make us wait
+        # for it); the pipe only says how many bytes, or closes empty.
+        fds = []
         try:
-            r1, w1 = os.pipe()              # contexts: here -> child
-        except OSError:
-            return
-        try:
+            mem = os.memfd_create("reviewbot-contexts", os.MFD_CLOEXEC)
+            fds.append(mem)
+            r1, w1 = os.pipe()              # length of the contexts: here -> child
+            fds += [r1, w1]
             r2, w2 = os.pipe()              # results: child -> here
-        except OSError:
-            os.close(r1)
-            os.close(w1)
+            fds += [r2, w2]
+        except (OSError, AttributeError):
+            for fd in fds:
+                os.close(fd)
             return
         sys.stdout.flush()
         sys.stderr.flush()
         try:
             pid = os.fork()
         except OSError:
-            for fd in (r1, w1, r2, w2):
+            for fd in fds:
                 os.close(fd)
             return
         if pid == 0:                                     # the child
@@ -305,11 +311,20 @@ class Prefork:
                     except Exception:
                         pass
                 with os.fdopen(r1, "rb") as f:
-                    data = f.read()
-                if data:
+                    head = f.read()
+                if head:
+                    size = int(head)
+                    parts, got = [], 0
+                    while got < size:
+                        b = os.pread(mem, size - got, got)
+                        if not b:
+                            raise EOFError
+                        parts.append(b)
+                        got += len(b)
+                    os.close(mem)
                     import gc
                     gc.disable()                # a big unpickle: no collections in between
-                    contexts, codes = pickle.loads(data)
+                    contexts, codes = pickle.loads(b"".join(parts))
                     rules = [r for r in self.side if r.code in codes]
                     out = pickle.dumps(_run_serial(rules, contexts), protocol=pickle.HIGHEST_PROTOCOL)
                     with os.fdopen(w2, "wb") as f:
@@ -321,28 +336,34 @@ class Prefork:
                 os._exit(code)
         os.close(r1)
         os.close(w2)
+        self.mem = mem
         self.to_child = w1
         self.child = _Child(pid, r2)
 
     def hand(self, rules: list[Rule], contexts: list[PatchContext]) -> "_Child | None":
         """Give the child the contexts; its result() is then that of RULES."""
-        child, fd = self.child, self.to_child
-        if child is None or fd is None:
+        child, fd, mem = self.child, self.to_child, self.mem
+        if child is None or fd is None or mem is None:
             return None
-        self.child = self.to_child = None
+        self.child = self.to_child = self.mem = None
         try:
             data = pickle.dumps((contexts, [r.code for r in rules]), protocol=pickle.HIGHEST_PROTOCOL)
+            view, done = memoryview(data), 0
+            while done < len(data):
+                done += os.pwrite(mem, view[done:], done)
         except Exception as exc:
             log.debug("cannot hand the contexts over: %s", exc)
             os.close(fd)
+            os.close(mem)
             child.kill()
             return None
+        os.close(mem)
         # a child that died before reading must not take this process with
         # it: the CLI lets SIGPIPE kill (for `| head`)
         old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(str(len(data)).encode())
         except BaseException as exc:
             log.debug("handing the rules to the child failed: %s", exc)
             child.kill()
@@ -354,12 +375,14 @@ class Prefork:
         return child
 
     def cancel(self) -> None:
-        if self.to_child is not None:
-            try:
-                os.close(self.to_child)
-            except OSError:
-                pass
-            self.to_child = None
+        for name in ("to_child", "mem"):
+            fd = getattr(self, name)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, None)
         if self.child is not None:
             self.child.kill()
             self.child = None

@@ -7,6 +7,7 @@ project's `rules/` folder), or one registered through the
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import inspect
 import logging
@@ -322,7 +323,6 @@ class Prefork:
                         parts.append(b)
                         got += len(b)
                     os.close(mem)
-                    import gc
                     gc.disable()                # a big unpickle: no collections in between
                     contexts, codes = pickle.loads(b"".join(parts))
                     rules = [r for r in self.side if r.code in codes]
@@ -346,8 +346,19 @@ class Prefork:
         if child is None or fd is None or mem is None:
             return None
         self.child = self.to_child = self.mem = None
+        was = gc.isenabled()
+        gc.disable()                # pickling makes no garbage worth a full collection
         try:
             data = pickle.dumps((contexts, [r.code for r in rules]), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            log.debug("cannot hand the contexts over: %s", exc)
+            data = None
+        finally:
+            if was:
+                gc.enable()
+        try:
+            if data is None:
+                raise ValueError("contexts not picklable")
             view, done = memoryview(data), 0
             while done < len(data):
                 done += os.pwrite(mem, view[done:], done)

@@ -158,6 +158,14 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = ap.parse_args()
     tree, base, s17, large = setup_tree()
+    # Byte-compile reviewbot as `pip install` does (this machine sets
+    # PYTHONDONTWRITEBYTECODE, so an editable install would otherwise
+    # compile its sources on every run; b4 and the other tools are
+    # installed compiled).
+    import reviewbot
+    import reviewbot.rules
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(reviewbot.__file__).parent),
+                    *reviewbot.rules.__path__], check=True, capture_output=True)
     # The tree index is built once per tree commit and cached (`reviewbot
     # index`), like the checkout itself: reviews run with it, and once more
     # without any (REVIEWBOT_DUPINDEX=off: a tree nobody indexed).
@@ -221,6 +229,8 @@ def main() -> int:
              f"{platform.platform()}.",
              "Tree: Debian linux-source-6.1 as a git repo (78k files), checkout at the series' base.",
              "Lore: public-inbox-httpd on 127.0.0.1. b4 and reviewbot with empty caches each run.",
+             "reviewbot byte-compiled first, as `pip install` leaves it (this machine sets "
+             "PYTHONDONTWRITEBYTECODE).",
              f"Medians of {args.runs} runs. Command: `python3 bench/bench_review.py --runs {args.runs}`.", "",
              f"Tree index: `reviewbot index` of the base commit, built once ({t_index:.1f} s this run, "
              "or found in the cache) and used by every review in the first reviewbot column; the "

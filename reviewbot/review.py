@@ -81,6 +81,19 @@ def review_source(source: str, opts: Options, stdin=None, progress=None) -> Resu
 
 def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer=None, progress=None) -> Result:
     timer = timer or _Timer()
+    with timer("rules"):
+        rules = engine.discover()
+        # A big series: the duplicated-code search gets its process now and
+        # loads numpy and the index while we assemble, apply and parse.
+        # (How big, from the raw mail: added lines, any file.)
+        prefork = engine.Prefork(rules, data.count(b"\n+") - data.count(b"\n+++"), opts.only_rules)
+    try:
+        return _review_mbox(data, opts, want_msgid, timer, progress, rules, prefork)
+    finally:
+        prefork.cancel()
+
+
+def _review_mbox(data, opts, want_msgid, timer, progress, rules, prefork) -> Result:
     with timer("assemble"):
         groups, notes = mail.split_mbox(data)
         if not groups:
@@ -95,15 +108,7 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
     contexts: list[engine.PatchContext] = []
     session = None
     base = None
-    prefork = None
     try:
-        with timer("rules"):
-            rules = engine.discover()
-            # a big series: the duplicated-code search gets its process
-            # now, and loads numpy and the index while we apply
-            prefork = engine.Prefork(rules, sum(len(fd.added()) for p in ser.patches
-                                                for fd in p.diff.files if fd.is_c and not fd.is_deleted),
-                                     opts.only_rules)
         if opts.tree:
             with timer("apply"):
                 if progress:
@@ -170,8 +175,6 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
                 r.findings = kept
                 r.notes.extend(dropped)
     finally:
-        if prefork is not None:
-            prefork.cancel()
         if session is not None:
             session.close()
     with timer("render"):

@@ -209,6 +209,11 @@ class Function:
     end: int
     node: tree_sitter.Node
 
+    @cached_property
+    def call_names(self) -> frozenset[str]:
+        """node_call_names(self.node), kept with the function."""
+        return node_call_names(self.node)
+
 
 def _declarator_name(node: tree_sitter.Node | None) -> str:
     while node is not None:

@@ -723,7 +723,7 @@ def _base_summary(f: cparse.Function) -> tuple:
         v = cparse._declarator_name(n.child_by_field_name("declarator"))
         if v:
             params.append(v)
-    names = cparse.node_call_names(f.node)
+    names = f.call_names
     lockish = not names.isdisjoint(_LOCKISH)
     _TAKES_LOCKS[key] = lockish
     if len(_TAKES_LOCKS) > _BASE_SIZE:
@@ -800,7 +800,7 @@ def may_lock(info: "ImageInfo", name: str) -> bool:
     by = info.summaries.by
     for c in called_names(f):
         g = by.get(c)
-        if g is None or c == name or cparse.node_call_names(g.node).isdisjoint(_LOCKISH):
+        if g is None or c == name or g.call_names.isdisjoint(_LOCKISH):
             continue        # not here, or takes nothing itself: no acquires
         if _base_summary(g)[0].acquires:
             return True
@@ -809,7 +809,7 @@ def may_lock(info: "ImageInfo", name: str) -> bool:
 
 def called_names(f: cparse.Function) -> frozenset[str]:
     """The names a function calls (memoised by its text)."""
-    return cparse.node_call_names(f.node)
+    return f.call_names
 
 
 # Call names that make a function's own summary non-empty (with

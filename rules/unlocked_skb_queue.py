@@ -86,7 +86,7 @@ class UnlockedSkbQueue(Rule):
             locked_uses = _locked_uses(fv.post_tree)
             removed = "\n".join(ln.text for ln in fv.diff.removed())
             for fn, pre_fn in functions_touched(fv):
-                if cparse.node_call_names(fn.node).isdisjoint(UNLOCKED):
+                if fn.call_names.isdisjoint(UNLOCKED):
                     continue        # no unlocked queue helper called here
                 pre_count = _unlocked_counts(pre_fn) if pre_fn is not None else {}
                 post_seen: dict[tuple, int] = {}

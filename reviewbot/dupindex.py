@@ -523,8 +523,9 @@ class _Segment:
     def __init__(self, d: Path):
         self.dir = d
         self.meta = json.loads((d / "meta.json").read_text())
-        self.hash = np.load(d / "fp_hash.npy", mmap_mode="r")
-        self.fid = np.load(d / "fp_fid.npy", mmap_mode="r")
+        # mapped, not read (hundreds of MB); plain ndarray views index faster
+        self.hash = np.load(d / "fp_hash.npy", mmap_mode="r").view(np.ndarray)
+        self.fid = np.load(d / "fp_fid.npy", mmap_mode="r").view(np.ndarray)
         self.funcs = np.load(d / "funcs.npy")
         self.paths = _PathTable((d / "paths.txt").read_text().splitlines())
         self.dead = np.load(d / "dead.npy") if (d / "dead.npy").exists() else np.zeros(0, np.uint32)

@@ -15,7 +15,9 @@ class LazyModule:
 
     def __getattr__(self, attr):
         mod = importlib.import_module(self.__dict__["_lazy_name"])
-        return getattr(mod, attr)
+        value = getattr(mod, attr)
+        self.__dict__[attr] = value     # next time a plain attribute lookup
+        return value
 
 # acquire -> release, for the plain lock families
 LOCK_PAIRS = {

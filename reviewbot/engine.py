@@ -298,47 +298,36 @@ class Prefork:
             for fd in fds:
                 os.close(fd)
             return
-        if pid == 0:                                     # the child
-            code = 1
-            try:
-                os.close(w1)
-                os.close(r2)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                _forget_inherited_readers()
-                for r in self.side:
-                    try:
-                        r.prepare()
-                    except Exception:
-                        pass
-                with os.fdopen(r1, "rb") as f:
-                    head = f.read()
-                if head:
-                    size = int(head)
-                    parts, got = [], 0
-                    while got < size:
-                        b = os.pread(mem, size - got, got)
-                        if not b:
-                            raise EOFError
-                        parts.append(b)
-                        got += len(b)
-                    os.close(mem)
-                    gc.disable()                # a big unpickle: no collections in between
-                    contexts, codes = pickle.loads(b"".join(parts))
-                    rules = [r for r in self.side if r.code in codes]
-                    out = pickle.dumps(_run_serial(rules, contexts), protocol=pickle.HIGHEST_PROTOCOL)
-                    with os.fdopen(w2, "wb") as f:
-                        f.write(out)
-                code = 0
-            except BaseException:
-                pass
-            finally:
-                os._exit(code)
+        if pid == 0:
+            _in_child(lambda: self._child(r1, w2, mem), close=(w1, r2))
         os.close(r1)
         os.close(w2)
         self.mem = mem
         self.to_child = w1
         self.child = _Child(pid, r2)
+
+    def _child(self, r1: int, w2: int, mem: int) -> None:
+        for r in self.side:
+            try:
+                r.prepare()
+            except Exception:
+                pass
+        with os.fdopen(r1, "rb") as f:
+            head = f.read()
+        if not head:
+            return                      # cancelled
+        size = int(head)
+        parts, got = [], 0
+        while got < size:
+            b = os.pread(mem, size - got, got)
+            if not b:
+                raise EOFError
+            parts.append(b)
+            got += len(b)
+        os.close(mem)
+        gc.disable()                    # a big unpickle: no collections in between
+        contexts, codes = pickle.loads(b"".join(parts))
+        _child_run(w2, [r for r in self.side if r.code in codes], contexts)
 
     def hand(self, rules: list[Rule], contexts: list[PatchContext]) -> "_Child | None":
         """Give the child the contexts; its result() is then that of RULES."""
@@ -508,23 +497,35 @@ def _fork_rules(rules: list[Rule], contexts: list[PatchContext]) -> _Child | Non
         os.close(r)
         os.close(w)
         return None
-    if pid == 0:                                     # the child
-        code = 1
-        try:
-            os.close(r)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _forget_inherited_readers()
-            data = pickle.dumps(_run_serial(rules, contexts), protocol=pickle.HIGHEST_PROTOCOL)
-            with os.fdopen(w, "wb") as f:
-                f.write(data)
-            code = 0
-        except BaseException:
-            pass
-        finally:
-            os._exit(code)
+    if pid == 0:
+        _in_child(lambda: _child_run(w, rules, contexts), close=(r,))
     os.close(w)
     return _Child(pid, r)
+
+
+def _in_child(body, close: tuple[int, ...] = ()) -> None:
+    """The life of a forked rule process: the parent's ends of the pipes
+    closed, default signal handling (the parent's handlers raise), its git
+    helpers forgotten, BODY, and exit without the parent's cleanups."""
+    code = 1
+    try:
+        for fd in close:
+            os.close(fd)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _forget_inherited_readers()
+        body()
+        code = 0
+    except BaseException:
+        pass
+    finally:
+        os._exit(code)
+
+
+def _child_run(w: int, rules: list[Rule], contexts: list[PatchContext]) -> None:
+    out = pickle.dumps(_run_serial(rules, contexts), protocol=pickle.HIGHEST_PROTOCOL)
+    with os.fdopen(w, "wb") as f:
+        f.write(out)
 
 
 def _forget_inherited_readers() -> None:

@@ -2,7 +2,20 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
+import re
+
+
+@functools.lru_cache(maxsize=64)
+def _globs_re(globs: tuple[str, ...]) -> "re.Pattern":
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
+
+
+def matches_any(path: str, globs) -> bool:
+    """any(fnmatch.fnmatch(path, g) for g in globs), with the globs compiled
+    once into one pattern (rules ask for every file of every patch)."""
+    return _globs_re(tuple(globs)).match(path) is not None
 
 
 class LazyModule:
@@ -53,7 +66,7 @@ RT_CORE_GLOBS = (
 
 
 def is_rt_core(path: str) -> bool:
-    return any(fnmatch.fnmatch(path, g) for g in RT_CORE_GLOBS)
+    return matches_any(path, RT_CORE_GLOBS)
 
 
 def subsystem_of(path: str) -> str:

@@ -2,13 +2,12 @@
 to protect shared data, where a lock is needed."""
 from __future__ import annotations
 
-import fnmatch
 import re
 
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.rulekit import is_rt_core
+from reviewbot.rulekit import is_rt_core, matches_any
 
 from .rt_common import (IRQ_OFF, PAIRS, PERCPU_RE, locals_of, release_matches,
                         root_ident, functions_touched)
@@ -70,7 +69,7 @@ class RtIrqsaveInsteadOfLock(Rule):
 
     def check_patch(self, ctx: PatchContext):
         for fv in ctx.c_files():
-            if is_rt_core(fv.path) or any(fnmatch.fnmatch(fv.path, g) for g in CORE_GLOBS):
+            if is_rt_core(fv.path) or matches_any(fv.path, CORE_GLOBS):
                 continue
             added = fv.added_lines
             for fn, pre_fn in functions_touched(fv):

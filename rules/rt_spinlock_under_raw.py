@@ -3,7 +3,6 @@ cannot sleep: under a raw spinlock, with interrupts off, in a
 non-threaded interrupt handler."""
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections import OrderedDict
 from functools import lru_cache
@@ -11,6 +10,7 @@ from functools import lru_cache
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.rulekit import matches_any
 
 from .rt_common import IRQ_OFF, PREEMPT_OFF, RAW_LOCKS, SLEEPING_SPIN, functions_touched, walk_held
 
@@ -68,7 +68,7 @@ class RtSpinlockUnderRaw(Rule):
 
     def check_patch(self, ctx: PatchContext):
         for fv in ctx.c_files():
-            if any(fnmatch.fnmatch(fv.path, g) for g in SKIP_GLOBS):
+            if matches_any(fv.path, SKIP_GLOBS):
                 continue
             if fv.path.startswith("arch/") and fv.path.split("/")[1] not in RT_ARCHES:
                 continue

@@ -2,12 +2,12 @@
 or with reserved/flags fields that the kernel never checks."""
 from __future__ import annotations
 
-import fnmatch
 import re
 
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.rulekit import matches_any
 
 UAPI_GLOBS = ("include/uapi/*", "arch/*/include/uapi/*")
 _RESERVED_RE = re.compile(r"^(?:__)?(?:reserved|resv|rsvd|pad|padding|unused|spare)\w*$")
@@ -67,7 +67,7 @@ class UapiStructLayout(Rule):
     def check_patch(self, ctx: PatchContext):
         c_files = _series_c_files(ctx)
         for fv in ctx.files:
-            if not fv.path.endswith(".h") or not any(fnmatch.fnmatch(fv.path, g) for g in UAPI_GLOBS):
+            if not fv.path.endswith(".h") or not matches_any(fv.path, UAPI_GLOBS):
                 continue
             added = fv.added_lines
             for sname, line, members in _new_structs(fv.post_tree, added):

@@ -183,7 +183,7 @@ def main() -> int:
         found_lines = [f"{f.rule} {r.patch.label} {f.path}:{f.line} {f.confidence}: {f.message}"
                        for r in res.patches for f in r.findings]
         rules_t = res.timings.get("rules", 0.0)
-        rows.append((f"review_mbox of the series, DUP001+DUP002 only", f"{rv:.2f} s (rules {rules_t:.2f} s, "
+        rows.append(("review_mbox of the series, DUP001+DUP002 only", f"{rv:.2f} s (rules {rules_t:.2f} s, "
                      f"{nfind} findings)", ""))
 
         # -- baseline: git grep -F of each added function's first distinctive line

@@ -19,7 +19,6 @@ import re
 import sys
 import time
 
-from reviewbot import mail
 from reviewbot.review import Options, review_mbox
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

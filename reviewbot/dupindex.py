@@ -377,7 +377,6 @@ def batch_fingerprints(codes: list[np.ndarray]) -> np.ndarray:
     (hash << 32 | sequence number)."""
     lens = np.array([len(c) for c in codes], dtype=np.int64)
     ends = np.cumsum(lens)
-    starts = ends - lens
     allc = np.concatenate(codes)
     h = kgram_hashes(allc)
     # a k-gram is valid when it ends inside the sequence it starts in
@@ -431,7 +430,7 @@ def _index_entries(env: dict, entries: list[tuple[int, str, str]], procs: int):
             _WORKER_READER.close()
     rows = np.concatenate(all_rows) if all_rows else np.zeros((0, 5), dtype=np.uint32)
     keys = np.concatenate(all_keys) if all_keys else np.zeros(0, dtype=np.uint64)
-    del all_keys
+    all_keys.clear()     # free the parts before sorting
     keys.sort()
     return rows, all_names, keys
 

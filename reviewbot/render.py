@@ -11,8 +11,12 @@ import textwrap
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from . import mail
+
+if TYPE_CHECKING:
+    import jinja2
 from .diffmodel import FileDiff, Hunk
 from .findings import Finding
 

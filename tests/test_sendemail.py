@@ -26,7 +26,6 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from support import ktree
-from support.lore import split_mbox
 
 REVIEWER = "Jörg Rödel <joro@example.org>"
 SEEDS = Path(__file__).resolve().parent / "data" / "seeds"

@@ -82,6 +82,7 @@ class TreeSession:
         self.common_dir = _common_dir(tree)
         self.objects = os.path.join(self.common_dir, "objects")
         self._catfile: subprocess.Popen | None = None
+        self._texts: dict[str, str] = {}
         _remove_stale_scratch()
         # Ctrl-C/SIGTERM between mkdtemp's mkdir and the assignment would
         # leave the directory behind unrecorded: hold signals across it.
@@ -182,7 +183,13 @@ class TreeSession:
         data = self._catfile.stdout.read(size + 1)[:-1]
         if header[1] != "blob" or size > MAX_BLOB or b"\x00" in data[:8192]:
             return None
-        return data.decode("utf-8", errors="replace")
+        # One string per blob: a series shows a file's post-image of one
+        # patch again as the pre-image of the next (memory, and the
+        # contexts handed to the rule process share them).
+        got = self._texts.get(header[0])
+        if got is None:
+            got = self._texts[header[0]] = data.decode("utf-8", errors="replace")
+        return got
 
     # -- applying ----------------------------------------------------------
     def start(self, commit: str | None = None, paths: list[str] | None = None) -> str:

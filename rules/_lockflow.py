@@ -717,27 +717,26 @@ def _base_summary(f: cparse.Function) -> tuple:
         _BASE.move_to_end(key)
         return got
     start = f.start
+    names = f.call_names
+    lockish = not names.isdisjoint(_LOCKISH)
+    if not lockish and (b"GFP_" not in (f.node.text or b"")
+                        and not any(sleeping_call(n, ()) for n in names)):
+        # nothing the walk below would record (no sleeping call either:
+        # that needs a sleeping name or a GFP_ flag): skip it, and the
+        # Call objects too (most functions of a big file).  No parameter
+        # names either: they only map a wrapper's acquires and releases
+        # onto its callers' arguments, and this one has none.
+        got = (Summary(f.name, []), names)
+        _BASE[key] = got
+        if len(_BASE) > _BASE_SIZE:
+            _BASE.popitem(last=False)
+        return got
     params = []
     decl = f.node.child_by_field_name("declarator")
     for n in cparse.query_nodes(decl, "parameter_declaration") if decl is not None else []:
         v = cparse._declarator_name(n.child_by_field_name("declarator"))
         if v:
             params.append(v)
-    names = f.call_names
-    lockish = not names.isdisjoint(_LOCKISH)
-    _TAKES_LOCKS[key] = lockish
-    if len(_TAKES_LOCKS) > _BASE_SIZE:
-        _TAKES_LOCKS.pop(next(iter(_TAKES_LOCKS)))
-    if not lockish and (b"GFP_" not in (f.node.text or b"")
-                        and not any(sleeping_call(n, ()) for n in names)):
-        # nothing the walk below would record (no sleeping call either:
-        # that needs a sleeping name or a GFP_ flag): skip it, and the
-        # Call objects too (most functions of a big file)
-        got = (Summary(f.name, params), names)
-        _BASE[key] = got
-        if len(_BASE) > _BASE_SIZE:
-            _BASE.popitem(last=False)
-        return got
     w = Walker(f).run()
     s = Summary(f.name, params)
     # net acquires: held at every exit
@@ -780,9 +779,6 @@ def _base_summary(f: cparse.Function) -> tuple:
     return got
 
 
-_TAKES_LOCKS: dict[tuple, bool] = {}
-
-
 def may_lock(info: "ImageInfo", name: str) -> bool:
     """Whether the flow of function `name` can hold any lock at some point:
     it calls an acquire (or trylock, guard) itself, or a same-file wrapper
@@ -792,10 +788,7 @@ def may_lock(info: "ImageInfo", name: str) -> bool:
     f = info.byname.get(name)
     if f is None:
         return False
-    key = _fn_key(f)
-    if key not in _TAKES_LOCKS:
-        _base_summary(f)
-    if _TAKES_LOCKS.get(key, True):
+    if not f.call_names.isdisjoint(_LOCKISH):
         return True
     by = info.summaries.by
     for c in called_names(f):
@@ -1003,7 +996,7 @@ def digest(info: ImageInfo, name: str, make) -> object:
     memo = info.memo.setdefault(("digest", make), {})
     if name in memo:
         return memo[name]
-    _, called = _base_summary(f)
+    called = f.call_names
     sig = []
     for c in sorted(called):
         summ = info.summaries.get(c)

@@ -479,41 +479,75 @@ class Func:
     blob: str
 
 
-class _PathTable:
-    """The "blob path" lines of paths.txt, split when one is asked for (a
-    review looks up a few of the tree's 55k files)."""
+class _Lines:
+    """The lines of a text file by number, without splitting all of them
+    (a review looks up a few of the tree's 55k paths and 450k names)."""
 
-    def __init__(self, lines: list[str]):
-        self._lines = lines
+    def __init__(self, data: bytes, ends: np.ndarray | None = None):
+        self._data = data
+        self._ends = ends if ends is not None else _line_ends(data)
 
     def __len__(self) -> int:
-        return len(self._lines)
+        return len(self._ends) + (1 if self._data and not self._data.endswith(b"\n") else 0)
+
+    def line(self, i: int) -> str:
+        if i < 0 or i >= len(self):
+            raise IndexError(i)
+        lo = int(self._ends[i - 1]) + 1 if i > 0 else 0
+        hi = int(self._ends[i]) if i < len(self._ends) else len(self._data)
+        return self._data[lo:hi].decode("utf-8", errors="replace")
+
+
+class _PathTable(_Lines):
+    """paths.txt: "blob path" per line."""
 
     def __getitem__(self, i: int) -> list[str]:
-        return self._lines[i].split(" ", 1)
+        return self.line(i).split(" ", 1)
 
     def __iter__(self):
-        for ln in self._lines:
-            yield ln.split(" ", 1)
+        for i in range(len(self)):
+            yield self[i]
+
+
+class _NameTable(_Lines):
+    """names.txt: a function name per line."""
+
+    def __getitem__(self, i: int) -> str:
+        return self.line(i)
 
 
 def _line_ends(data: bytes) -> np.ndarray:
     return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10).astype(np.uint64)
 
 
-class _NameTable:
-    """The lines of names.txt by number, without splitting all of them."""
+_SEGMENTS: dict[tuple, "_Segment"] = {}
 
-    def __init__(self, data: bytes, ends: np.ndarray | None = None):
-        self._data = data
-        self._ends = ends if ends is not None else _line_ends(data)
 
-    def __getitem__(self, i: int) -> str:
-        if i < 0 or i > len(self._ends):
-            raise IndexError(i)
-        lo = int(self._ends[i - 1]) + 1 if i > 0 else 0
-        hi = int(self._ends[i]) if i < len(self._ends) else len(self._data)
-        return self._data[lo:hi].decode("utf-8", errors="replace")
+def _segment(d: Path) -> "_Segment":
+    """_Segment(d), loaded once per process (and again when rebuilt)."""
+    key = (str(d), (d / "meta.json").stat().st_mtime_ns)
+    seg = _SEGMENTS.get(key)
+    if seg is None:
+        seg = _SEGMENTS[key] = _Segment(d)
+        if len(_SEGMENTS) > 8:
+            _SEGMENTS.pop(next(iter(_SEGMENTS)))
+    return seg
+
+
+def warm(tree: str) -> None:
+    """Load the cached index of TREE's HEAD, if there is one (done ahead of
+    a review, in the rule process, while the series is being applied)."""
+    try:
+        env = git_env(tree)
+        commit_tree = _git(env, "rev-parse", "HEAD^{tree}").decode().strip()
+        here = default_cache_dir() / commit_tree
+        if (here / "meta.json").exists():
+            seg = _segment(here)
+            parent = seg.meta.get("parent")
+            if parent and (default_cache_dir() / parent / "meta.json").exists():
+                _segment(default_cache_dir() / parent)
+    except (RuntimeError, OSError, ValueError):
+        pass
 
 
 class _Segment:
@@ -526,7 +560,7 @@ class _Segment:
         self.hash = np.load(d / "fp_hash.npy", mmap_mode="r").view(np.ndarray)
         self.fid = np.load(d / "fp_fid.npy", mmap_mode="r").view(np.ndarray)
         self.funcs = np.load(d / "funcs.npy")
-        self.paths = _PathTable((d / "paths.txt").read_text().splitlines())
+        self.paths = _PathTable((d / "paths.txt").read_bytes())
         self.dead = np.load(d / "dead.npy") if (d / "dead.npy").exists() else np.zeros(0, np.uint32)
         self._names = None
 
@@ -580,12 +614,12 @@ class DupIndex:
         cache.mkdir(parents=True, exist_ok=True)
         here = cache / tree
         if (here / "meta.json").exists():
-            seg = _Segment(here)
+            seg = _segment(here)
             if seg.meta.get("version") == VERSION:
                 if seg.meta.get("parent"):
                     base = cache / seg.meta["parent"]
                     if (base / "meta.json").exists():
-                        return cls(repo, _Segment(base), seg)
+                        return cls(repo, _segment(base), seg)
                 else:
                     return cls(repo, seg)
         found = _best_base(env, cache, commit, max_delta)

@@ -137,10 +137,10 @@ class Rule:
     # run() may run such rules in a forked process next to the rest.
     own_process: bool = False
 
-    def prepare(self) -> None:
-        """Load what the rule needs (modules, indexes) ahead of the review:
-        called in the process an own-process rule will run in, while the
-        main process is still applying the series."""
+    def prepare(self, tree: str | None) -> None:
+        """Load what the rule needs (modules, the index of TREE) ahead of
+        the review: called in the process an own-process rule will run in,
+        while the main process is still applying the series."""
 
     def check_patch(self, ctx: PatchContext) -> Iterable[Finding]:
         return ()
@@ -264,7 +264,9 @@ class Prefork:
     Made only where a fork would be (Linux, REVIEWBOT_JOBS unset, enough
     added lines); any failure leaves the rules to this process."""
 
-    def __init__(self, rules: list[Rule], added_c_lines: int, only: set[str] | None = None):
+    def __init__(self, rules: list[Rule], added_c_lines: int, only: set[str] | None = None,
+                 tree: str | None = None):
+        self.tree = tree
         selected = [r for r in rules if not only or r.code in only or r.name in only]
         self.side = [r for r in selected if r.own_process]
         self.child: _Child | None = None
@@ -309,7 +311,7 @@ class Prefork:
     def _child(self, r1: int, w2: int, mem: int) -> None:
         for r in self.side:
             try:
-                r.prepare()
+                r.prepare(self.tree)
             except Exception:
                 pass
         with os.fdopen(r1, "rb") as f:

@@ -86,7 +86,8 @@ def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer
         # A big series: the duplicated-code search gets its process now and
         # loads numpy and the index while we assemble, apply and parse.
         # (How big, from the raw mail: added lines, any file.)
-        prefork = engine.Prefork(rules, data.count(b"\n+") - data.count(b"\n+++"), opts.only_rules)
+        prefork = engine.Prefork(rules, data.count(b"\n+") - data.count(b"\n+++"), opts.only_rules,
+                                 tree=opts.tree)
     try:
         return _review_mbox(data, opts, want_msgid, timer, progress, rules, prefork)
     finally:

@@ -68,8 +68,11 @@ class DuplicatedCode(Rule):
         self._postings = None
         self._old_funcs = None
 
-    def prepare(self) -> None:
-        dx.K                    # imports numpy and the index module
+    def prepare(self, tree: str | None) -> None:
+        if tree:
+            dx.warm(tree)       # imports numpy and the index module, loads the index
+        else:
+            dx.K                # imports numpy and the index module
 
     def check_patch(self, ctx: PatchContext):
         series_units = self._series_units(ctx)

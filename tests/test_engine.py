@@ -106,7 +106,7 @@ def test_small_patches_are_not_worth_a_child(tmp_path, monkeypatch):
 class _PrepRule(_PidRule):
     """Records in its finding whether prepare() ran in the same process."""
 
-    def prepare(self):
+    def prepare(self, tree):
         self.prepared_in = os.getpid()
         if self.die and os.getpid() != self.parent:
             os._exit(4)

@@ -915,6 +915,18 @@ def _body_tokens(body: str) -> tuple[np.ndarray, np.ndarray]:
 _OPEN: dict[tuple, "DupIndex | None"] = {}
 
 
+def _drop_readers_after_fork() -> None:
+    """A forked process must not talk to its parent's `git cat-file`
+    helpers (their pipes are shared): it drops them, and new ones start on
+    demand."""
+    for idx in _OPEN.values():
+        if idx is not None:
+            idx._reader = None
+
+
+os.register_at_fork(after_in_child=_drop_readers_after_fork)
+
+
 def index_for(tree: str | None, base: str | None) -> "DupIndex | None":
     """The cached index of BASE in TREE, when one can be had cheaply.
 

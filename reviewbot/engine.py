@@ -208,28 +208,29 @@ def run(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None =
     process runs the others (the machine's second core); if the child
     cannot be had or fails, they run here.  The result is the same either
     way.  REVIEWBOT_JOBS=1 turns this off."""
-    return start(rules, contexts, only).finish()
+    return start(rules, contexts, only, prefork=Prefork(rules, _added_c_lines(contexts), only)).finish()
+
+
+def _selected(rules: list[Rule], only: set[str] | None) -> list[Rule]:
+    return [r for r in rules if not only or r.code in only or r.name in only]
 
 
 class Run:
-    """Rules started on a series: start() hands the own-process rules to a
-    child process at once (a Prefork made earlier, or a fork now); they
-    need no parse trees, so the review parses while they run.  finish()
-    runs the others here and gathers everything."""
+    """Rules started on a series: start() hands the own-process rules to the
+    child process of a Prefork made earlier, if there is one; they need no
+    parse trees, so the review parses while they run.  finish() runs the
+    others here and gathers everything."""
 
     def __init__(self, rules: list[Rule], contexts: list[PatchContext], only: set[str] | None,
                  prefork: "Prefork | None" = None):
         self.contexts = contexts
-        self.selected = [r for r in rules if not only or r.code in only or r.name in only]
+        self.selected = _selected(rules, only)
         self.side = [r for r in self.selected if r.own_process]
         self.main = [r for r in self.selected if not r.own_process]
         self.child = None
-        if self.side and self.main:
-            if prefork is not None:
-                self.child = prefork.hand(self.side, contexts)
-            elif _added_c_lines(contexts) >= FORK_MIN_ADDED and _may_fork():
-                self.child = _fork_rules(self.side, contexts)
         if prefork is not None:
+            if self.side and self.main:
+                self.child = prefork.hand(self.side, contexts)
             prefork.cancel()        # not used (or already handed over): let it go
 
     def cancel(self) -> None:
@@ -260,14 +261,14 @@ class Prefork:
     """A child process forked before the series is applied: it runs the
     own-process rules' prepare() (numpy and the tree index for the
     duplicated-code search) while this process applies and builds the
-    contexts, then gets them through a pipe (pickled) and runs the rules.
+    contexts, then gets them (pickled, through a memfd) and runs the rules.
     Made only where a fork would be (Linux, REVIEWBOT_JOBS unset, enough
     added lines); any failure leaves the rules to this process."""
 
     def __init__(self, rules: list[Rule], added_c_lines: int, only: set[str] | None = None,
                  tree: str | None = None):
         self.tree = tree
-        selected = [r for r in rules if not only or r.code in only or r.name in only]
+        selected = _selected(rules, only)
         self.side = [r for r in selected if r.own_process]
         self.child: _Child | None = None
         self.to_child: int | None = None
@@ -341,25 +342,18 @@ class Prefork:
         gc.disable()                # pickling makes no garbage worth a full collection
         try:
             data = pickle.dumps((contexts, [r.code for r in rules]), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            log.debug("cannot hand the contexts over: %s", exc)
-            data = None
-        finally:
-            if was:
-                gc.enable()
-        try:
-            if data is None:
-                raise ValueError("contexts not picklable")
             view, done = memoryview(data), 0
             while done < len(data):
                 done += os.pwrite(mem, view[done:], done)
         except Exception as exc:
             log.debug("cannot hand the contexts over: %s", exc)
             os.close(fd)
-            os.close(mem)
             child.kill()
             return None
-        os.close(mem)
+        finally:
+            os.close(mem)
+            if was:
+                gc.enable()
         # a child that died before reading must not take this process with
         # it: the CLI lets SIGPIPE kill (for `| head`)
         old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -457,19 +451,14 @@ class _Child:
         self.pid, self.fd = pid, fd
 
     def result(self):
-        chunks = []
         try:
             with os.fdopen(self.fd, "rb") as f:
-                while True:
-                    b = f.read(1 << 20)
-                    if not b:
-                        break
-                    chunks.append(b)
+                data = f.read()
             _, status = os.waitpid(self.pid, 0)
             self.pid = None
-            if status != 0 or not chunks:
+            if status != 0 or not data:
                 return None
-            return pickle.loads(b"".join(chunks))
+            return pickle.loads(data)
         except Exception:
             log.debug("rule process failed", exc_info=True)
             return None
@@ -486,36 +475,16 @@ class _Child:
             self.pid = None
 
 
-def _fork_rules(rules: list[Rule], contexts: list[PatchContext]) -> _Child | None:
-    try:
-        r, w = os.pipe()
-    except OSError:
-        return None
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(r)
-        os.close(w)
-        return None
-    if pid == 0:
-        _in_child(lambda: _child_run(w, rules, contexts), close=(r,))
-    os.close(w)
-    return _Child(pid, r)
-
-
 def _in_child(body, close: tuple[int, ...] = ()) -> None:
     """The life of a forked rule process: the parent's ends of the pipes
-    closed, default signal handling (the parent's handlers raise), its git
-    helpers forgotten, BODY, and exit without the parent's cleanups."""
+    closed, default signal handling (the parent's handlers raise), BODY,
+    and exit without the parent's cleanups."""
     code = 1
     try:
         for fd in close:
             os.close(fd)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _forget_inherited_readers()
         body()
         code = 0
     except BaseException:
@@ -528,16 +497,6 @@ def _child_run(w: int, rules: list[Rule], contexts: list[PatchContext]) -> None:
     out = pickle.dumps(_run_serial(rules, contexts), protocol=pickle.HIGHEST_PROTOCOL)
     with os.fdopen(w, "wb") as f:
         f.write(out)
-
-
-def _forget_inherited_readers() -> None:
-    """The child must not talk to the parent's `git cat-file` helpers (their
-    pipes are shared after fork): drop them, new ones start on demand."""
-    mod = sys.modules.get("reviewbot.dupindex")
-    if mod is not None:
-        for idx in getattr(mod, "_OPEN", {}).values():
-            if idx is not None:
-                idx._reader = None
 
 
 def _dedupe(fs: list[Finding]) -> list[Finding]:

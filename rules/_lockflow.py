@@ -703,34 +703,36 @@ def _fn_key(f: cparse.Function) -> tuple:
     return (f.name, n.text, n.descendant_count)
 
 
-_BASE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_BASE: "OrderedDict[tuple, Summary]" = OrderedDict()
 _BASE_SIZE = 8192
 
 
-def _base_summary(f: cparse.Function) -> tuple:
-    """(Summary with lines relative to the function's first line, the names
-    it calls), memoised by the function's text: a series shows most
-    functions of a big file again and again, at shifted lines."""
+def _base_summary(f: cparse.Function) -> Summary:
+    """The function's own Summary (lines relative to its first line),
+    memoised by its text: a series shows most functions of a big file
+    again and again, at shifted lines."""
     key = _fn_key(f)
     got = _BASE.get(key)
     if got is not None:
         _BASE.move_to_end(key)
         return got
+    got = _BASE[key] = _own_summary(f)
+    if len(_BASE) > _BASE_SIZE:
+        _BASE.popitem(last=False)
+    return got
+
+
+def _own_summary(f: cparse.Function) -> Summary:
     start = f.start
     names = f.call_names
-    lockish = not names.isdisjoint(_LOCKISH)
-    if not lockish and (b"GFP_" not in (f.node.text or b"")
-                        and not any(sleeping_call(n, ()) for n in names)):
+    if names.isdisjoint(_LOCKISH) and (b"GFP_" not in (f.node.text or b"")
+                                       and not any(sleeping_call(n, ()) for n in names)):
         # nothing the walk below would record (no sleeping call either:
         # that needs a sleeping name or a GFP_ flag): skip it, and the
         # Call objects too (most functions of a big file).  No parameter
         # names either: they only map a wrapper's acquires and releases
         # onto its callers' arguments, and this one has none.
-        got = (Summary(f.name, []), names)
-        _BASE[key] = got
-        if len(_BASE) > _BASE_SIZE:
-            _BASE.popitem(last=False)
-        return got
+        return Summary(f.name, [])
     params = []
     decl = f.node.child_by_field_name("declarator")
     for n in cparse.query_nodes(decl, "parameter_declaration") if decl is not None else []:
@@ -772,11 +774,7 @@ def _base_summary(f: cparse.Function) -> tuple:
                 and _unconditional(c.node, f.node):
             s.sleeps, s.sleep_line, s.sleep_end = why, c.line - start, cparse.end_line_of(c.node) - start
             break
-    got = (s, frozenset(c.name for c in cparse.calls(f.node)))
-    _BASE[key] = got
-    if len(_BASE) > _BASE_SIZE:
-        _BASE.popitem(last=False)
-    return got
+    return s
 
 
 def may_lock(info: "ImageInfo", name: str) -> bool:
@@ -791,28 +789,19 @@ def may_lock(info: "ImageInfo", name: str) -> bool:
     if not f.call_names.isdisjoint(_LOCKISH):
         return True
     by = info.summaries.by
-    for c in called_names(f):
+    for c in f.call_names:
         g = by.get(c)
         if g is None or c == name or g.call_names.isdisjoint(_LOCKISH):
             continue        # not here, or takes nothing itself: no acquires
-        if _base_summary(g)[0].acquires:
+        if _base_summary(g).acquires:
             return True
     return False
-
-
-def called_names(f: cparse.Function) -> frozenset[str]:
-    """The names a function calls (memoised by its text)."""
-    return f.call_names
 
 
 # Call names that make a function's own summary non-empty (with
 # sleeping_call()): acquires, releases, trylocks, guard()/scoped_guard().
 _LOCKISH = frozenset(ACQUIRE) | frozenset(RELEASE) | frozenset(TRYLOCK) | frozenset(ZEROLOCK) \
     | {"guard", "scoped_guard"}
-
-
-def _summaries(funcs: list[cparse.Function]) -> "_Summaries":
-    return _Summaries(funcs)
 
 
 class _Summaries:
@@ -855,13 +844,13 @@ class _Summaries:
 
     def _own(self, name: str) -> tuple[Summary, frozenset]:
         f = self.by[name]
-        b, names = _base_summary(f)
+        b = _base_summary(f)
         start = f.start
         return Summary(
             b.name, list(b.params), list(b.acquires), list(b.releases), set(b.takes),
             set(b.cond_takes), {k: v + start for k, v in b.take_sites.items()}, b.sleeps,
             None if b.sleep_line is None else b.sleep_line + start,
-            None if b.sleep_end is None else b.sleep_end + start), names
+            None if b.sleep_end is None else b.sleep_end + start), f.call_names
 
     def _close(self, name: str) -> None:
         """Summaries of `name` and every same-file function it reaches."""
@@ -960,7 +949,7 @@ def _image(tree, shown: set[int] | None) -> ImageInfo:
         # reconstructed from hunks: only functions the hunks show whole
         funcs = [f for f in funcs if all(ln in shown for ln in range(f.start, f.end + 1))
                  and cparse.node_text(f.node).rstrip().endswith("}")]
-    summ = _summaries(funcs)
+    summ = _Summaries(funcs)
     flows = {}
     byname = {}
     for f in funcs:
@@ -970,6 +959,12 @@ def _image(tree, shown: set[int] | None) -> ImageInfo:
 
 def _shown_lines(fv, new: bool) -> set[int]:
     return fv.shown_lines(new)
+
+
+def lock_flow(info: ImageInfo, name: str) -> Flow | None:
+    """flow_of(), or None for a function that can never hold a lock: no
+    lock order, leak or atomic section to find there (see may_lock())."""
+    return flow_of(info, name) if may_lock(info, name) else None
 
 
 def flow_of(info: ImageInfo, name: str) -> Flow | None:

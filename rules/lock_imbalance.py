@@ -59,9 +59,7 @@ class LockImbalance(Rule):
         for fv, touched, post in lf.touched_files(ctx):
             pre = None
             for fn, added in touched:
-                if not lf.may_lock(post, fn.name):
-                    continue
-                got = lf.leaks(lf.flow_of(post, fn.name))
+                got = lf.leaks(lf.lock_flow(post, fn.name))
                 if not got:
                     continue
                 if pre is None:

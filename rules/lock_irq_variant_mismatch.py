@@ -73,7 +73,7 @@ class LockIrqVariantMismatch(Rule):
             for fn, added in touched:
                 if _CTX_FN.search(fn.name) or _irq_handler(fn):
                     continue
-                fl = lf.flow_of(post, fn.name) if lf.may_lock(post, fn.name) else None
+                fl = lf.lock_flow(post, fn.name)
                 for h, states in (fl.acquires if fl is not None else []):
                     if h.line not in added or not h.stable or variant(h.call) != "plain" \
                             or h.how.startswith("wrap:"):
@@ -102,9 +102,7 @@ class LockIrqVariantMismatch(Rule):
 
 def _sites(info, key):
     for f in info.functions:
-        if not lf.may_lock(info, f.name):
-            continue
-        fl = lf.flow_of(info, f.name)
+        fl = lf.lock_flow(info, f.name)
         for g, _ in (fl.acquires if fl is not None else []):
             if g.key == key and not g.how.startswith("wrap:"):
                 yield f, g

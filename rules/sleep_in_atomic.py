@@ -64,11 +64,9 @@ class SleepInAtomic(Rule):
 
     def _sites(self, info, name):
         out = []
-        if not lf.may_lock(info, name):
-            return out      # never in an atomic section of its own
-        fl = lf.flow_of(info, name)
+        fl = lf.lock_flow(info, name)
         if fl is None:
-            return out
+            return out      # never in an atomic section of its own
         for c in fl.calls:
             why = lf.sleeping_call(c.name, c.args)
             via = None
@@ -115,7 +113,7 @@ class SleepInAtomic(Rule):
         if old is not None and old.sleeps:
             return
         for other in post.functions:
-            if other.name == fn.name or fn.name not in lf.called_names(other) \
+            if other.name == fn.name or fn.name not in other.call_names \
                     or not lf.may_lock(post, other.name):
                 continue
             start = post.byname[other.name].start

@@ -5,9 +5,10 @@ list_for_each_entry(...) { } parse as calls or errors, not failures).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
 import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import tree_sitter
@@ -166,7 +167,6 @@ def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node
     lo, hi = node.start_byte, node.end_byte
     if allnodes is not None:
         # the whole file's list is at hand: bisect to the node's range
-        import bisect
         starts = m.get(("starts", node_type))
         if starts is None:
             starts = m[("starts", node_type)] = [n.start_byte for n in allnodes]
@@ -499,12 +499,10 @@ _chunk_call_names.query = "call_expression"
 def node_call_names(node: tree_sitter.Node) -> frozenset[str]:
     """{c.name for c in calls(node)}, memoised by the node's text (shared
     with call_names() when the node is a chunk, as a top-level function is)."""
-    key = ("call_names", node.type, hashlib.blake2b(node.text or b"", digest_size=16).digest())
+    key = ("call_names", *_text_key(node))
     got = _CHUNK_DATA.get(key)
     if got is None:
-        got = _CHUNK_DATA[key] = _chunk_call_names(_captures(node, "call_expression"), node)
-        if len(_CHUNK_DATA) > _CHUNK_DATA_SIZE:
-            _CHUNK_DATA.popitem(last=False)
+        got = _remember(key, _chunk_call_names(_captures(node, "call_expression"), node))
     return got
 
 
@@ -522,6 +520,17 @@ _CHUNK_CONTAINERS = frozenset({"preproc_if", "preproc_ifdef", "preproc_else", "p
 _CHUNK_SPLIT = 32768          # bytes: a container bigger than this is split into its children
 _CHUNK_DATA: "OrderedDict[tuple, object]" = OrderedDict()
 _CHUNK_DATA_SIZE = 50000
+
+
+def _text_key(node: tree_sitter.Node) -> tuple[str, bytes]:
+    return node.type, hashlib.blake2b(node.text or b"", digest_size=16).digest()
+
+
+def _remember(key: tuple, value):
+    _CHUNK_DATA[key] = value
+    if len(_CHUNK_DATA) > _CHUNK_DATA_SIZE:
+        _CHUNK_DATA.popitem(last=False)
+    return value
 
 
 def _chunks(root: tree_sitter.Node) -> list[tree_sitter.Node]:
@@ -546,14 +555,13 @@ def _chunkwise(tree: tree_sitter.Tree, kind: str, compute) -> list[tuple[tree_si
     got = m.get("chunks")
     if got is None:
         chunks = _chunks(tree.root_node)
-        got = m["chunks"] = (chunks, [(c.type, hashlib.blake2b(c.text or b"", digest_size=16).digest())
-                                      for c in chunks])
+        got = m["chunks"] = (chunks, [_text_key(c) for c in chunks])
     chunks = got[0]
-    keys = [(kind, t, d) for t, d in got[1]]
-    missing = [i for i, k in enumerate(keys) if k not in _CHUNK_DATA]
+    keys = [(kind, *tk) for tk in got[1]]
+    values = [_CHUNK_DATA.get(k) for k in keys]
+    missing = [i for i, v in enumerate(values) if v is None]
     if missing:
         if len(missing) > 8:
-            import bisect
             starts = [c.start_byte for c in chunks]
             found: dict[int, list] = {i: [] for i in missing}
             for n in _captures(tree.root_node, compute.query):
@@ -563,15 +571,11 @@ def _chunkwise(tree: tree_sitter.Tree, kind: str, compute) -> list[tuple[tree_si
         else:
             found = {i: _captures(chunks[i], compute.query) for i in missing}
         for i in missing:
-            _CHUNK_DATA[keys[i]] = compute(found[i], chunks[i])
-        while len(_CHUNK_DATA) > _CHUNK_DATA_SIZE:
-            _CHUNK_DATA.popitem(last=False)
-    out = []
-    for c, k in zip(chunks, keys):
-        got = _CHUNK_DATA[k]
-        _CHUNK_DATA.move_to_end(k)
-        out.append((c, got))
-    return out
+            values[i] = _remember(keys[i], compute(found[i], chunks[i]))
+    for k in keys:
+        if k in _CHUNK_DATA:
+            _CHUNK_DATA.move_to_end(k)
+    return list(zip(chunks, values))
 
 
 def items_touching(tree: tree_sitter.Tree, lines) -> list[tree_sitter.Node]:
@@ -580,7 +584,6 @@ def items_touching(tree: tree_sitter.Tree, lines) -> list[tree_sitter.Node]:
     inside one of them."""
     if not lines:
         return []
-    import bisect
     ls = sorted(lines)
     out = []
     for item in tree.root_node.children:

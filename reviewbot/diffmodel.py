@@ -82,9 +82,8 @@ class FileDiff:
         key = tuple((id(h), len(h.lines)) for h in self.hunks)
         got = self.__dict__.get("_split_memo")
         if got is None or got[0] != key:
-            lines = [ln for h in self.hunks for ln in h.lines]
-            got = (key, (tuple(ln for ln in lines if ln.kind == "+"),
-                         tuple(ln for ln in lines if ln.kind == "-")))
+            parts = [h._split() for h in self.hunks]
+            got = (key, (tuple(ln for a, _ in parts for ln in a), tuple(ln for _, r in parts for ln in r)))
             self.__dict__["_split_memo"] = got
         return got[1]
 

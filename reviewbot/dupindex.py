@@ -534,18 +534,29 @@ def _segment(d: Path) -> "_Segment":
     return seg
 
 
+def _cached_segments(cache: Path, tree: str) -> "tuple[_Segment, _Segment | None] | None":
+    """(full segment, delta or None) of the index cached for the git tree
+    object TREE, when there is a usable one."""
+    here = cache / tree
+    if not (here / "meta.json").exists():
+        return None
+    seg = _segment(here)
+    if seg.meta.get("version") != VERSION:
+        return None
+    if not seg.meta.get("parent"):
+        return seg, None
+    base = cache / seg.meta["parent"]
+    if not (base / "meta.json").exists():
+        return None
+    return _segment(base), seg
+
+
 def warm(tree: str) -> None:
     """Load the cached index of TREE's HEAD, if there is one (done ahead of
     a review, in the rule process, while the series is being applied)."""
     try:
-        env = git_env(tree)
-        commit_tree = _git(env, "rev-parse", "HEAD^{tree}").decode().strip()
-        here = default_cache_dir() / commit_tree
-        if (here / "meta.json").exists():
-            seg = _segment(here)
-            parent = seg.meta.get("parent")
-            if parent and (default_cache_dir() / parent / "meta.json").exists():
-                _segment(default_cache_dir() / parent)
+        commit_tree = _git(git_env(tree), "rev-parse", "HEAD^{tree}").decode().strip()
+        _cached_segments(default_cache_dir(), commit_tree)
     except (RuntimeError, OSError, ValueError):
         pass
 
@@ -612,16 +623,9 @@ class DupIndex:
         tree = _git(env, "rev-parse", f"{commit}^{{tree}}").decode().strip()
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
-        here = cache / tree
-        if (here / "meta.json").exists():
-            seg = _segment(here)
-            if seg.meta.get("version") == VERSION:
-                if seg.meta.get("parent"):
-                    base = cache / seg.meta["parent"]
-                    if (base / "meta.json").exists():
-                        return cls(repo, _segment(base), seg)
-                else:
-                    return cls(repo, seg)
+        got = _cached_segments(cache, tree)
+        if got is not None:
+            return cls(repo, *got)
         found = _best_base(env, cache, commit, max_delta)
         if found is not None:
             base_dir, changes = found
@@ -873,24 +877,20 @@ def function_codes(text: str) -> list[tuple[Span, np.ndarray, np.ndarray]]:
     """(span, token codes, token lines) of every function of TEXT (cached:
     treat the result as read-only).  Function bodies are tokenised once per
     distinct body text (a series shows the same functions again and again)."""
-    out = []
-    line, pos = 1, 0
-    for sp in _split_cached(text):
-        line += text.count("\n", pos, sp.body_off)
-        pos = sp.body_off
-        codes, rel = _body_tokens(text[sp.body_off:sp.end_off])
-        out.append((sp, codes, rel + line))
-    return out
+    return _span_codes(text, _split_cached(text))
 
 
 def named_function_codes(text: str, name: str) -> list[tuple[Span, np.ndarray, np.ndarray]]:
     """function_codes(TEXT) of the functions called NAME only (a candidate
     the index names: the rest of its file is not tokenised)."""
+    return _span_codes(text, [sp for sp in _split_cached(text) if sp.name == name])
+
+
+def _span_codes(text: str, spans) -> list[tuple[Span, np.ndarray, np.ndarray]]:
+    """(span, codes, lines) for SPANS of TEXT, in order."""
     out = []
     line, pos = 1, 0
-    for sp in _split_cached(text):
-        if sp.name != name:
-            continue
+    for sp in spans:
         line += text.count("\n", pos, sp.body_off)
         pos = sp.body_off
         codes, rel = _body_tokens(text[sp.body_off:sp.end_off])

@@ -338,23 +338,25 @@ def _unique_counts(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s[first], np.diff(np.append(first, len(s)))
 
 
-def _member(a: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
-    """np.isin(a, sorted_unique) for a sorted array without repeats."""
+def _find_sorted(a: np.ndarray, sorted_unique: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(where each value of A would be in SORTED_UNIQUE, whether it is
+    there), for a sorted array without repeats."""
     if not len(sorted_unique):
-        return np.zeros(len(a), dtype=bool)
+        return np.zeros(len(a), dtype=np.int64), np.zeros(len(a), dtype=bool)
     pos = np.searchsorted(sorted_unique, a)
     pos[pos == len(sorted_unique)] = 0
-    return sorted_unique[pos] == a
+    return pos, sorted_unique[pos] == a
+
+
+def _member(a: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """np.isin(a, sorted_unique) for a sorted array without repeats."""
+    return _find_sorted(a, sorted_unique)[1]
 
 
 def _common_positions(ua: np.ndarray, ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices (in ua, in ub) of the values two sorted unique arrays share
     (np.intersect1d(..., assume_unique=True, return_indices=True)[1:])."""
-    if not len(ua) or not len(ub):
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    pos = np.searchsorted(ub, ua)
-    pos[pos == len(ub)] = 0
-    hit = ub[pos] == ua
+    pos, hit = _find_sorted(ua, ub)
     return np.flatnonzero(hit), pos[hit]
 
 

@@ -20,7 +20,7 @@ def matches_any(path: str, globs) -> bool:
 
 class LazyModule:
     """A module imported on first use.  The duplicated-code rules run in a
-    forked process (engine.run): importing numpy and the index there, not
+    forked process (engine.Prefork): importing numpy and the index there, not
     at rule discovery, keeps that import off the main process's path."""
 
     def __init__(self, name: str):

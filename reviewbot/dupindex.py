@@ -35,6 +35,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -105,15 +106,25 @@ class _Coder:
         else:   # low bits: 3 for a call, 2 for anything else
             call = c[-1] == "(" and c[:-1] not in KEYWORDS
             v = (zlib.crc32(c.encode()) & ~3) | (3 if call else 2)
-        if len(self.memo) > 400_000:
-            self.memo.clear()
-            self.memo["\n"] = NL
         self.memo[tok] = v
         return v
 
+    def all_codes(self, toks: list[str]) -> np.ndarray:
+        """The code of every token (SKIP ones included): new tokens are
+        coded first, then one C-level pass maps them all."""
+        memo = self.memo
+        missing = set(toks).difference(memo)
+        if missing:
+            if len(memo) + len(missing) > 400_000:
+                memo.clear()
+                memo["\n"] = NL
+                missing = set(toks)
+            for t in missing:
+                self.code(t)
+        return np.fromiter(map(memo.__getitem__, toks), dtype=np.uint32, count=len(toks))
+
     def codes(self, toks: list[str]) -> np.ndarray:
-        get, code = self.memo.get, self.code
-        arr = np.array([get(t) or code(t) for t in toks], dtype=np.uint32)
+        arr = self.all_codes(toks)
         return arr[arr != SKIP]
 
 
@@ -133,13 +144,12 @@ def tokens_with_lines(text: str, first_line: int = 1) -> tuple[np.ndarray, np.nd
     that one findall() (C speed) gives both; a token spanning lines (a
     comment, a continued preprocessor line or literal) adds its own."""
     toks = _TOK_NL.findall(text)
-    get, code = _CODER.memo.get, _CODER.code
-    arr = np.array([get(t) or code(t) for t in toks], dtype=np.uint32)
+    arr = _CODER.all_codes(toks)
     inc = (arr == NL).astype(np.int64)
-    for i in np.flatnonzero((arr == SKIP) | (arr == _LIT_CODE)).tolist():
-        k = toks[i].count("\n")
-        if k:
-            inc[i] += k
+    multi = np.flatnonzero((arr == SKIP) | (arr == _LIT_CODE))
+    if len(multi):
+        inc[multi] += np.fromiter(map(str.count, map(toks.__getitem__, multi.tolist()), repeat("\n")),
+                                  dtype=np.int64, count=len(multi))
     lines = np.cumsum(inc)
     lines -= inc                    # newlines before each token's start
     lines += first_line
@@ -186,6 +196,48 @@ def fingerprints(codes: np.ndarray) -> np.ndarray:
     """The set of fingerprints (sorted unique uint32) of one token sequence."""
     h = kgram_hashes(codes)
     return _sorted_unique(h[winnow(h)])
+
+
+def fingerprints_many(seqs: list[np.ndarray]) -> list[np.ndarray]:
+    """[fingerprints(c) for c in SEQS], computed together: the same
+    k-grams, windows and minima, with the numpy calls made once for all
+    (a big patch has hundreds of functions)."""
+    lens = np.array([len(c) for c in seqs], dtype=np.int64)
+    if not len(seqs) or not lens.sum():
+        return [np.zeros(0, dtype=np.uint32) for _ in seqs]
+    allc = np.concatenate(seqs)
+    starts = np.cumsum(lens) - lens
+    # every k-gram of the concatenation, then only those inside one sequence
+    hall = kgram_hashes(allc)
+    nh = np.maximum(lens - K + 1, 0)            # k-grams per sequence
+    hstart = np.cumsum(nh) - nh                 # where each one's run starts in h
+    seq_h = np.repeat(np.arange(len(seqs)), nh)
+    h = hall[np.arange(len(seq_h)) - hstart[seq_h] + starts[seq_h]]
+    # windows of W hashes that lie inside one sequence; a sequence with
+    # W hashes or fewer has one window: all of them
+    nwin = np.where(nh > W, nh - W + 1, np.minimum(nh, 1))
+    out_pos = []
+    if len(h) >= W:
+        view = np.lib.stride_tricks.sliding_window_view(h, W)
+        seq_w = np.repeat(np.arange(len(seqs)), np.where(nh > W, nwin, 0))
+        wstart = np.cumsum(np.where(nh > W, nwin, 0)) - np.where(nh > W, nwin, 0)
+        first = np.arange(len(seq_w)) - wstart[seq_w] + hstart[seq_w]
+        pos = np.argmin(view[first], axis=1) + first
+        out_pos.append((seq_w, pos))
+    small = np.flatnonzero((nh > 0) & (nh <= W))
+    if len(small):
+        pos = np.array([int(np.argmin(h[hstart[i]:hstart[i] + nh[i]])) + hstart[i] for i in small.tolist()],
+                       dtype=np.int64)
+        out_pos.append((small, pos))
+    if not out_pos:
+        return [np.zeros(0, dtype=np.uint32) for _ in seqs]
+    seq = np.concatenate([s for s, _ in out_pos])
+    pos = np.concatenate([p for _, p in out_pos])
+    keys = _sorted_unique((seq.astype(np.uint64) << np.uint64(32)) | h[pos].astype(np.uint64))
+    kseq = (keys >> np.uint64(32)).astype(np.int64)
+    vals = (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    cut = np.searchsorted(kseq, np.arange(len(seqs) + 1))
+    return [vals[cut[i]:cut[i + 1]] for i in range(len(seqs))]
 
 
 # -- functions in a file ----------------------------------------------------------
@@ -598,6 +650,25 @@ class _Segment:
         return np.asarray(self.fid[idx])
 
 
+    def lookup_keyed(self, fps: np.ndarray, qof: np.ndarray, max_postings: int) -> np.ndarray:
+        """lookup() of many queries at once: FPS holds them all, QOF the
+        query of each fingerprint; gives (query << 32 | function id), one
+        per shared fingerprint."""
+        if len(self.hash) == 0 or len(fps) == 0:
+            return np.zeros(0, dtype=np.uint64)
+        order = np.argsort(fps, kind="stable")     # sorted keys: numpy's search goes faster
+        fps, qof = fps[order], qof[order]
+        lo = np.searchsorted(self.hash, fps, "left")
+        hi = np.searchsorted(self.hash, fps, "right")
+        n = hi - lo
+        keep = (n > 0) & (n <= max_postings)
+        lo, n, qof = lo[keep], n[keep], qof[keep]
+        if not len(lo):
+            return np.zeros(0, dtype=np.uint64)
+        idx = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())
+        return (np.repeat(qof, n) << np.uint64(32)) | np.asarray(self.fid[idx]).astype(np.uint64)
+
+
 class DupIndex:
     """The function index of one tree: a full segment, plus a delta segment
     when it was updated incrementally."""
@@ -609,6 +680,7 @@ class DupIndex:
         self.delta = delta
         self.meta = (delta or base).meta
         self._reader: BlobReader | None = None
+        self._fetched: dict[str, str | None] = {}
         self._dead = set(int(x) for x in delta.dead) if delta is not None else set()
 
     # -- opening / building
@@ -699,6 +771,39 @@ class DupIndex:
             out.append((self.func(fid), int(counts[i])))
         return out
 
+    def query_many(self, fps_list: list[np.ndarray], min_shared: list[int], limit: int,
+                   max_postings: int = MAX_POSTINGS) -> list[list[tuple[Func, int]]]:
+        """[query(fps, m)[:LIMIT] for fps, m in zip(FPS_LIST, MIN_SHARED)],
+        with one search of the tables for all (FPS: sorted unique)."""
+        nq = len(fps_list)
+        if not nq:
+            return []
+        lens = np.array([len(f) for f in fps_list], dtype=np.int64)
+        allf = np.concatenate(fps_list).astype(np.uint32) if lens.sum() else np.zeros(0, np.uint32)
+        qof = np.repeat(np.arange(nq, dtype=np.uint64), lens)
+        keys = [seg.lookup_keyed(allf, qof, max_postings)
+                for seg in ((self.base,) if self.delta is None else (self.base, self.delta))]
+        allk = np.sort(np.concatenate(keys))
+        out: list[list[tuple[Func, int]]] = [[] for _ in range(nq)]
+        if not len(allk):
+            return out
+        edge = np.flatnonzero(np.diff(allk)) + 1
+        starts = np.concatenate(([0], edge))
+        uk = allk[starts]
+        counts = np.diff(np.concatenate((starts, [len(allk)])))
+        q = (uk >> np.uint64(32)).astype(np.int64)
+        fid = (uk & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        # per query: most shared first, then by function id (query()'s order)
+        order = np.lexsort((fid, -counts, q))
+        need = np.array(min_shared, dtype=np.int64)
+        ok = counts[order] >= need[q[order]]
+        for i, f, n in zip(q[order][ok].tolist(), fid[order][ok].tolist(), counts[order][ok].tolist()):
+            got = out[i]
+            if len(got) >= limit or f in self._dead:
+                continue
+            got.append((self.func(f), n))
+        return out
+
     def func(self, fid: int) -> Func:
         seg = self.base
         local = fid
@@ -713,11 +818,22 @@ class DupIndex:
         return n + (len(self.delta.funcs) if self.delta is not None else 0)
 
     def read_blob(self, blob: str) -> str | None:
+        if blob in self._fetched:
+            return self._fetched[blob]
+        data = self._blob_reader().read(blob)
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def prefetch(self, blobs: list[str]) -> None:
+        """Read BLOBS in one exchange with git; read_blob() takes them from
+        here until the next prefetch()."""
+        self._fetched = {b: None if data is None else data.decode("utf-8", errors="replace")
+                         for b, data in self._blob_reader().read_many(blobs)} if blobs else {}
+
+    def _blob_reader(self) -> BlobReader:
         if self._reader is None:
             self._reader = BlobReader(self.env)
             atexit.register(self.close)
-        data = self._reader.read(blob)
-        return None if data is None else data.decode("utf-8", errors="replace")
+        return self._reader
 
     def close(self) -> None:
         if self._reader is not None:
@@ -805,6 +921,7 @@ def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40
     lines = post_text.split("\n")
     out = []
     marks = sorted(added)
+    line, pos = 1, 0            # line number at offset pos (the spans come in order)
     for sp in _split_cached(post_text):
         i = bisect.bisect_left(marks, sp.start)
         if i == len(marks) or marks[i] > sp.end:
@@ -827,13 +944,18 @@ def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40
             if cur:
                 runs.append((cur[0], cur[-1], False))
         for a, b, whole in runs:
-            nl = sum(1 for n in range(a, b + 1) if n - 1 < len(lines) and nontrivial(lines[n - 1]))
+            if whole:
+                nl = len(real)
+            else:
+                nl = sum(1 for n in range(a, b + 1) if n - 1 < len(lines) and nontrivial(lines[n - 1]))
             if nl < min_lines:
                 continue
             if whole:
                 # the body, tokenised once for this and function_codes()
                 codes, rel = _body_tokens(post_text[sp.body_off:sp.end_off])
-                tl = rel + (post_text.count("\n", 0, sp.body_off) + 1)
+                line += post_text.count("\n", pos, sp.body_off)
+                pos = sp.body_off
+                tl = rel + line
             else:
                 codes, tl = tokens_with_lines("\n".join(lines[a - 1:b]), a)
             if len(codes) < min_tokens:
@@ -884,6 +1006,27 @@ def named_function_codes(text: str, name: str) -> list[tuple[Span, np.ndarray, n
     """function_codes(TEXT) of the functions called NAME only (a candidate
     the index names: the rest of its file is not tokenised)."""
     return _span_codes(text, [sp for sp in _split_cached(text) if sp.name == name])
+
+
+def indexed_function_codes(text: str, name: str, start: int, end: int
+                           ) -> list[tuple[Span, np.ndarray, np.ndarray]]:
+    """named_function_codes(TEXT, NAME) for the one function the index has
+    at lines START..END of TEXT: only those lines are split and tokenised.
+    (The whole file is split when they do not hold that function.)"""
+    lines = _lines_of(text)
+    if 1 <= start <= end <= len(lines):
+        region = "\n".join(lines[start - 1:end])
+        spans = split_functions(region)
+        if len(spans) == 1 and spans[0].name == name and spans[0].start == 1 \
+                and spans[0].end == end - start + 1:
+            sp, codes, rel = _span_codes(region, spans)[0]
+            return [(sp, codes, rel + (start - 1))]
+    return named_function_codes(text, name)
+
+
+@lru_cache(maxsize=64)
+def _lines_of(text: str) -> list[str]:
+    return text.split("\n")
 
 
 def _span_codes(text: str, spans) -> list[tuple[Span, np.ndarray, np.ndarray]]:

@@ -81,10 +81,11 @@ class DuplicatedCode(Rule):
             return
         idx = dx.index_for(ctx.tree_path, ctx.base)
         dir_cache: dict[str, list] = {}
+        cands = self._tree_candidates(ctx, mine, idx) if idx is not None else {}
         for unit in mine:
             twin = self._in_series(ctx, unit, series_units) or self._in_file(ctx, unit)
             if twin is None and ctx.tree_path and ctx.base:
-                twin = self._in_tree(ctx, unit, idx, dir_cache)
+                twin = self._in_tree(ctx, unit, idx, dir_cache, cands.get(id(unit), ()))
             if twin is None:
                 continue
             where, path, line, end, func, cov, same_dir = twin
@@ -104,6 +105,7 @@ class DuplicatedCode(Rule):
                         continue
                     for u in dx.added_units(fv.path, fv.post_text, fv.added_lines, MIN_TOKENS):
                         units.append((c, u))
+            _prime_fps([u.codes for _, u in units])
             self._units = {key: (ctx.series, units)}
         return self._units[key][1]
 
@@ -173,24 +175,45 @@ class DuplicatedCode(Rule):
             got = self._old_funcs = (fv, funcs)
         return got[1]
 
-    def _in_tree(self, ctx, unit, idx, dir_cache):
+    def _tree_candidates(self, ctx, units, idx) -> dict[int, list]:
+        """id(unit) -> the index's candidate twins of each unit (the 25
+        functions sharing the most fingerprints with it, at least a
+        quarter of its own), looked up for all units at once; the files
+        holding them are read in one go too."""
+        fps = [_fps(u.codes) for u in units]
+        found = idx.query_many(fps, [max(3, len(f) // 4) for f in fps], 25)
+        touched = _final_images(ctx)
+        out, blobs = {}, set()
+        for unit, hits in zip(units, found):
+            udir = os.path.dirname(unit.path)
+            keep = []
+            for func, _ in hits:
+                if func.path == unit.path or func.path.startswith(SKIP_PREFIXES):
+                    continue
+                if os.path.dirname(func.path) != udir and len(unit.codes) < FAR_MIN_TOKENS:
+                    continue
+                keep.append(func)
+                if func.path not in touched:
+                    blobs.add(func.blob)
+            out[id(unit)] = keep
+        idx.prefetch(sorted(blobs))
+        return out
+
+    def _in_tree(self, ctx, unit, idx, dir_cache, cands):
         touched = _final_images(ctx)
         udir = os.path.dirname(unit.path)
         if idx is not None:
-            cands = []
-            fps = unit.fps
-            for func, shared in idx.query(fps, min_shared=max(3, len(fps) // 4))[:25]:
-                if func.path == unit.path or func.path.startswith(SKIP_PREFIXES):
-                    continue
-                cands.append(func)
             for func in cands:
                 same_dir = os.path.dirname(func.path) == udir
-                if not same_dir and len(unit.codes) < FAR_MIN_TOKENS:
-                    continue
-                text = touched[func.path] if func.path in touched else idx.read_blob(func.blob)
-                if text is None:
-                    continue
-                for sp, codes, lines in dx.named_function_codes(text, func.name):
+                if func.path in touched:
+                    text = touched[func.path]
+                    found = dx.named_function_codes(text, func.name)
+                else:
+                    text = idx.read_blob(func.blob)
+                    if text is None:
+                        continue
+                    found = dx.indexed_function_codes(text, func.name, func.start, func.end)
+                for sp, codes, lines in found:
                     if not _alike(unit.codes, codes, same_dir):
                         continue
                     if not _may_cover(unit.codes, codes, NEAR if same_dir else FAR):
@@ -302,8 +325,11 @@ def _derived(kind: str, codes, make):
     if got is not None and got[0] is codes:
         _DERIVED.move_to_end(key)
         return got[1]
-    val = make(codes)
-    _DERIVED[key] = (codes, val)
+    return _store(kind, codes, make(codes))
+
+
+def _store(kind: str, codes, val):
+    _DERIVED[(kind, id(codes))] = (codes, val)
     if len(_DERIVED) > _DERIVED_SIZE:
         _DERIVED.popitem(last=False)
     return val
@@ -317,9 +343,21 @@ def _calls_set(codes) -> set[int]:
     return _derived("oc", codes, lambda c: set(c[(c & 3) == 3].tolist()))
 
 
+def _fps(codes):
+    """dx.fingerprints(codes) (Unit.fps), once per token array."""
+    return _derived("fpa", codes, dx.fingerprints)
+
+
+def _prime_fps(seqs) -> None:
+    """_fps() of many token arrays, computed together."""
+    todo = [c for c in seqs if _DERIVED.get(("fpa", id(c)), (None,))[0] is not c]
+    for c, f in zip(todo, dx.fingerprints_many(todo)):
+        _store("fpa", c, f)
+
+
 def _fps_set(codes) -> set[int]:
     """set(Unit.fps.tolist()) of a unit with these codes."""
-    return _derived("fps", codes, lambda c: set(dx.fingerprints(c).tolist()))
+    return _derived("fps", codes, lambda c: set(_fps(c).tolist()))
 
 
 def _counts(codes):

@@ -112,6 +112,11 @@ def test_build_query_and_incremental_update(real, tmp_path):
     q2 = dx.fingerprints(_codes_of(cg, "__cgroup_bpf_run_lsm_sock"))
     top = up.query(q2, min_shared=len(q2) // 2)
     assert ("kernel/bpf/cgroup.c", "__cgroup_bpf_run_lsm_socket") in _names(top)
+    # a big patch asks for all its functions at once: same answers, also
+    # across the delta and the functions it retired
+    mins = [len(query) // 2, len(q2) // 2, 3]
+    assert up.query_many([query, q2, q2[:0]], mins, 3) == [
+        up.query(query, mins[0])[:3], up.query(q2, mins[1])[:3], []]
 
     # nothing was written into the repository by indexing
     after = _git_dir_listing(tree)
@@ -140,3 +145,14 @@ def test_index_command_builds_then_reuses(real, tmp_path, monkeypatch, capsys):
     assert main(["index", "--tree", str(tree)]) == 0      # cached: nothing new
     assert len(list((tmp_path / "cache").iterdir())) == 1
     assert main(["index", "--tree", str(tmp_path / "nope")]) != 0
+
+
+def test_batched_fingerprints_and_indexed_spans_match_one_at_a_time(real):
+    text = real["net/core/sock_map.c"]
+    funcs = dx.function_codes(text)
+    seqs = [codes for _, codes, _ in funcs] + [funcs[0][1][:9], funcs[0][1][:3]]
+    for one, many in zip((dx.fingerprints(c) for c in seqs), dx.fingerprints_many(seqs)):
+        assert one.tolist() == many.tolist()
+    for sp, codes, lines in funcs:
+        (got_sp, got_codes, got_lines), = dx.indexed_function_codes(text, sp.name, sp.start, sp.end)
+        assert (got_sp.name, got_codes.tolist(), got_lines.tolist()) == (sp.name, codes.tolist(), lines.tolist())

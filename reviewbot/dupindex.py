@@ -314,6 +314,8 @@ def git_env(repo: str) -> dict[str, str]:
 
 def _git_dir(repo: str) -> str:
     p = Path(repo)
+    if (p / ".git").is_dir():
+        return str((p / ".git").resolve())      # a plain checkout: its own .git is the common dir
     if (p / ".git").exists():
         out = subprocess.run(["git", "-C", str(p), "rev-parse", "--git-common-dir"],
                              capture_output=True, text=True)
@@ -607,8 +609,12 @@ def warm(tree: str) -> None:
     """Load the cached index of TREE's HEAD, if there is one (done ahead of
     a review, in the rule process, while the series is being applied)."""
     try:
-        commit_tree = _git(git_env(tree), "rev-parse", "HEAD^{tree}").decode().strip()
-        _cached_segments(default_cache_dir(), commit_tree)
+        commit, commit_tree = _git(git_env(tree), "rev-parse", "HEAD^{commit}", "HEAD^{tree}").decode().split()
+        got = _cached_segments(default_cache_dir(), commit_tree)
+        mode = os.environ.get("REVIEWBOT_DUPINDEX", "auto")
+        if got is not None and mode != "off":
+            # what index_for(tree, HEAD) will be asked for: no git calls then
+            _OPEN.setdefault((tree, commit, mode, str(default_cache_dir())), DupIndex(tree, *got))
     except (RuntimeError, OSError, ValueError):
         pass
 

@@ -1038,15 +1038,28 @@ def touched_functions(fv) -> list[tuple[cparse.Function, set[int]]]:
 
 
 def must_held(states) -> set[Held]:
-    """Locks held on every path reaching a point (by key)."""
+    """Locks held on every path reaching a point (by key): one Held per
+    key, the latest acquisition of it on any path (chosen by value, not by
+    which path a set happens to list first, so that the answer does not
+    depend on string hashing)."""
     if not states:
         return set()
-    it = iter(states)
-    first = next(it)
-    keys = {h.key for h in first}
-    for s in it:
-        keys &= {h.key for h in s}
-    return {h for h in first if h.key in keys}
+    keys = None
+    for s in states:
+        k = {h.key for h in s}
+        keys = k if keys is None else keys & k
+    best: dict[str, Held] = {}
+    for s in states:
+        for h in s:
+            if h.key in keys:
+                cur = best.get(h.key)
+                if cur is None or _held_order(h) > _held_order(cur):
+                    best[h.key] = h
+    return set(best.values())
+
+
+def _held_order(h: Held) -> tuple:
+    return (h.line, h.expr, h.call, h.kind, h.how)
 
 
 def may_held(states) -> set[Held]:

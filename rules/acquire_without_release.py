@@ -292,7 +292,9 @@ def _analyse(fn_node, file_calls: set[str], vis: set[int] | None) -> list[_Leak]
     body = fn_node.child_by_field_name("body")
     if body is None:
         return []
-    if not any(release_names(n, file_calls) for n in cparse.node_call_names(body)):
+    # (the function's call names: its body's, and the few a declarator
+    # may hold; remembered for the other rules)
+    if not any(release_names(n, file_calls) for n in cparse.node_call_names(fn_node)):
         return []           # acquires nothing that needs a release
     calls = cparse.calls(body)
     exits = [n for n in cparse.walk(body) if n.type in ("return_statement", "goto_statement")]

@@ -9,6 +9,7 @@ from reviewbot.findings import Location
 from reviewbot.rulekit import (LIFECYCLE_MEMBERS, OPS_ALWAYS_ACQUIRE, OPS_MEMBER_PAIRS,
                                OPS_NOOP_VALUES, OPS_TYPED_PAIRS)
 from reviewbot.rules import _release_common as rc
+from reviewbot.rules.rt_common import any_in_range
 
 # Tables handled elsewhere: pernet_operations by acquire-without-release (REL003).
 _SKIP_TYPES = {"pernet_operations"}
@@ -79,6 +80,8 @@ class OpsMissingRelease(Rule):
         for fv in ctx.c_files():
             if not fv.added_lines and not fv.diff.removed():
                 continue
+            if not _may_touch_table(fv):
+                continue        # no table gains or loses a line: nothing to compare
             post_vis = rc.visible_lines(fv, new=True)
             pre_vis = rc.visible_lines(fv, new=False)
             post = [t for t in cparse.struct_initializers(fv.post_tree)
@@ -88,8 +91,8 @@ class OpsMissingRelease(Rule):
             pre = {(t.struct, t.name): t for t in cparse.struct_initializers(fv.pre_tree)
                    if rc.all_visible(pre_vis, t.start, t.end)}
             pre_touched = _pre_touched(fv, pre)
-            touched = {(t.struct, t.name) for t in post
-                       if any(t.start <= i <= t.end for i in fv.added_lines)} | pre_touched
+            added = sorted(fv.added_lines)
+            touched = {(t.struct, t.name) for t in post if any_in_range(added, t.start, t.end)} | pre_touched
             later = rc.later_views(ctx, fv.path)
             file_calls = None
             for t in post:
@@ -193,10 +196,26 @@ class OpsMissingRelease(Rule):
                 yield self.finding(fv.path, line, msg, related=related, confidence=conf)
 
 
+# a designated initialiser (what cparse.struct_initializers() reads) has
+# `.member =` in its text
+_MEMBER_INIT = re.compile(rb"\.[A-Za-z_]\w*\s*=")
+
+
+def _may_touch_table(fv) -> bool:
+    """False when no added line (in the post-image) and no removed line
+    (in the pre-image) lies in a top-level item that could hold a table:
+    then the patch touches no table (a cheap test before reading them all)."""
+    if any(_MEMBER_INIT.search(item.text or b"") for item in cparse.items_touching(fv.post_tree, fv.added_lines)):
+        return True
+    gone = rc.removed_old_lines(fv)
+    return bool(gone) and any(_MEMBER_INIT.search(item.text or b"")
+                              for item in cparse.items_touching(fv.pre_tree, gone))
+
+
 def _pre_touched(fv, pre) -> set:
     """Pre-image tables that lost lines in this patch."""
-    gone = rc.removed_old_lines(fv)
-    return {k for k, t in pre.items() if any(t.start <= i <= t.end for i in gone)}
+    gone = sorted(rc.removed_old_lines(fv))
+    return {k for k, t in pre.items() if any_in_range(gone, t.start, t.end)}
 
 
 def _after_removed(fv, member, table) -> int | None:

@@ -73,15 +73,16 @@ class RtSpinlockUnderRaw(Rule):
             if fv.path.startswith("arch/") and fv.path.split("/")[1] not in RT_ARCHES:
                 continue
             added = fv.added_lines
-            post_funcs = {f.name: f for f in cparse.functions(fv.post_tree)}
-            sleepers = {name for name, f in post_funcs.items() if _takes_spin(f.node)}
             nothread = _nothread_handlers(fv.post_text)
-            pre_funcs = {f.name: f for f in cparse.functions(fv.pre_tree)} if fv.pre_text else {}
-            pre_sleepers = {n for n, f in pre_funcs.items() if _takes_spin(f.node)}
+            touched = [(fn, pre_fn) for fn, pre_fn in functions_touched(fv) if _may_pair(fn, nothread)]
+            if not touched:
+                continue
+            sleepers = _sleepers(fv.post_tree)
+            pre_sleepers = _sleepers(fv.pre_tree) if fv.pre_text else set()
             pre_nothread = _nothread_handlers(fv.pre_text) if fv.pre_text else set()
-            for fn, pre_fn in functions_touched(fv):
+            for fn, pre_fn in touched:
                 pre_keys = set()
-                if pre_fn is not None:
+                if pre_fn is not None and _may_pair(pre_fn, pre_nothread):
                     pre_keys = {k for k, *_ in _pairs(pre_fn, pre_sleepers, pre_nothread)}
                 for key, inner, outer, via in _pairs(fn, sleepers, nothread):
                     if key in pre_keys:
@@ -112,6 +113,22 @@ class RtSpinlockUnderRaw(Rule):
         related = [Location(path, outer.line, "atomic section starts here")] if outer is not None else []
         return self.finding(path, inner.line, msg, related=related,
                             confidence=conf if not via else "medium")
+
+
+_ATOMIC = RAW_LOCKS | IRQ_OFF | PREEMPT_OFF
+
+
+def _may_pair(fn, nothread) -> bool:
+    """False when _pairs(fn, ...) surely yields nothing: the function
+    starts no atomic section (and is no IRQF_NO_THREAD handler)."""
+    return fn.name in nothread or not fn.call_names.isdisjoint(_ATOMIC)
+
+
+def _sleepers(tree) -> set[str]:
+    """The functions of a file that take a spinlock_t (the last of a name
+    decides)."""
+    last = {f.name: f for f in cparse.functions(tree)}
+    return {name for name, f in last.items() if _takes_spin(f.node)}
 
 
 def _takes_spin(fn_node) -> bool:

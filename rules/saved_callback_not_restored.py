@@ -8,6 +8,8 @@ from reviewbot.engine import PatchContext, Rule
 from reviewbot.rules import _release_common as rc
 
 _PREFIX_RE = re.compile(r"^(saved|save|orig|original|old|prev)_(\w+)$")
+# an item without one of those prefixes anywhere cannot hold a save
+_PREFIX_HINT = re.compile(rb"(?:saved?|orig(?:inal)?|old|prev)_")
 
 
 class SavedCallbackNotRestored(Rule):
@@ -86,7 +88,8 @@ class SavedCallbackNotRestored(Rule):
 
 def _saves(tree, added: set[int]):
     """(line, saved member, source member, text) for `a->saved_x = b->x`."""
-    for n in (n for item in cparse.items_touching(tree, added)
+    items = [item for item in cparse.items_touching(tree, added) if _PREFIX_HINT.search(item.text or b"")]
+    for n in (n for item in items
               for n in cparse.query_nodes(item, "assignment_expression call_expression")):
         left = right = None
         if n.type == "assignment_expression":

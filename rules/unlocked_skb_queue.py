@@ -83,7 +83,7 @@ class UnlockedSkbQueue(Rule):
             added = fv.added_lines
             if not any(n in fv.post_text for n in UNLOCKED):
                 continue
-            locked_uses = _locked_uses(fv.post_tree)
+            locked_uses = None
             removed = "\n".join(ln.text for ln in fv.diff.removed())
             for fn, pre_fn in functions_touched(fv):
                 if fn.call_names.isdisjoint(UNLOCKED):
@@ -112,6 +112,8 @@ class UnlockedSkbQueue(Rule):
                         continue
                     if any(h.arg.endswith(field + ".lock") for h in held):
                         continue
+                    if locked_uses is None:
+                        locked_uses = _locked_uses(fv.post_tree)
                     uses = [u for u in locked_uses if u[0] == field and u[3] != c.line]
                     if not uses:
                         continue
@@ -142,6 +144,9 @@ def _locked_uses(tree):
     """(field, full text, helper, line, function) of every locked use."""
     out = []
     for fn in cparse.functions(tree):
+        names = fn.call_names
+        if names.isdisjoint(LOCKED) and not any(n.startswith("spin_lock") for n in names):
+            continue        # none of the calls below
         for c in cparse.calls(fn.node):
             if c.name in LOCKED and len(c.args) > LOCKED[c.name]:
                 field, full = queue_key(c.args[LOCKED[c.name]])

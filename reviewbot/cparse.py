@@ -178,13 +178,24 @@ def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node
                 out.append(n)
             i += 1
         return out
-    # only this node's subtree: a query on it (C speed), memoised per node
-    ckey = ("sub", node_type, node.id)
+    # one query over the top-level item holding the node (C speed),
+    # memoised per item: the many expressions of a function a rule walks
+    # through then cost a bisect each
+    ckey = ("item", node_type, item.id)
     got = m.get(ckey)
-    if got is not None and got[0] == node:
-        return got[1]
-    out = [n for n in _captures(node, node_type) if lo <= n.start_byte and n.end_byte <= hi]
-    m[ckey] = (node, out)
+    if got is None or got[0] != item:
+        found = _captures(item, node_type)
+        got = m[ckey] = (item, found, [n.start_byte for n in found])
+    found, starts = got[1], got[2]
+    if node == item:
+        return list(found)
+    i = bisect.bisect_left(starts, lo)
+    out = []
+    while i < len(found) and found[i].start_byte <= hi:
+        n = found[i]
+        if n.end_byte <= hi:
+            out.append(n)
+        i += 1
     return out
 
 

@@ -124,19 +124,18 @@ def declared_types(fn_node) -> dict[str, str]:
     """Variable -> struct type name, from the function's parameters and
     local declarations (pointer or not)."""
     out: dict[str, str] = {}
-    for n in cparse.walk(fn_node):
-        if n.type in ("parameter_declaration", "declaration"):
-            t = n.child_by_field_name("type")
-            if t is None or t.type != "struct_specifier":
-                continue
-            name = t.child_by_field_name("name")
-            if name is None:
-                continue
-            tname = cparse.node_text(name)
-            for d in n.children_by_field_name("declarator"):
-                v = cparse._declarator_name(d)
-                if v:
-                    out.setdefault(v, tname)
+    for n in cparse.query_nodes(fn_node, "parameter_declaration declaration"):
+        t = n.child_by_field_name("type")
+        if t is None or t.type != "struct_specifier":
+            continue
+        name = t.child_by_field_name("name")
+        if name is None:
+            continue
+        tname = cparse.node_text(name)
+        for d in n.children_by_field_name("declarator"):
+            v = cparse._declarator_name(d)
+            if v:
+                out.setdefault(v, tname)
     return out
 
 
@@ -336,14 +335,13 @@ class Walker:
         if node is None or not states:
             return states
         # record field accesses (for LCK005)
-        for n in cparse.walk(node):
-            if n.type == "field_expression":
-                par = n.parent
-                write = (par is not None and par.type in ("assignment_expression", "update_expression")
-                         and par.child_by_field_name("left") == n) or (
-                    par is not None and par.type == "update_expression")
-                self.flow.accesses.append((n, states, write))
-        calls = [n for n in cparse.walk(node) if n.type == "call_expression"]
+        for n in cparse.query_nodes(node, "field_expression"):
+            par = n.parent
+            write = (par is not None and par.type in ("assignment_expression", "update_expression")
+                     and par.child_by_field_name("left") == n) or (
+                par is not None and par.type == "update_expression")
+            self.flow.accesses.append((n, states, write))
+        calls = list(cparse.query_nodes(node, "call_expression"))
         # inner calls are evaluated before outer ones
         calls.sort(key=lambda n: (n.end_byte, -n.start_byte))
         for c in calls:

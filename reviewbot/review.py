@@ -1,7 +1,9 @@
 """The review pipeline: fetch, assemble, apply, run rules, render."""
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -80,6 +82,27 @@ def review_source(source: str, opts: Options, stdin=None, progress=None) -> Resu
 
 
 def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer=None, progress=None) -> Result:
+    with _collector_paused():
+        return _review_all(data, opts, want_msgid, timer, progress)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """A review leaves almost no cyclic garbage (a few hundred objects for
+    a 17-patch series; the rest is freed by reference counting), but it
+    allocates enough to set off full collections of everything it holds
+    (parse trees, caches), about 30 ms each: the cyclic collector waits
+    until the review is over (the watcher's next cycle collects)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _review_all(data, opts, want_msgid, timer, progress) -> Result:
     timer = timer or _Timer()
     with timer("rules"):
         rules = engine.discover()

@@ -173,3 +173,21 @@ print(sorted(t._pids(pp).values()) == [me, me])
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr[-500:]
     assert p.stdout.strip() == "True"
+
+
+def test_the_contexts_reach_the_child_whole(tmp_path):
+    """What the rule process gets (pickled) is the diff and images the
+    review built: every line, with its numbers, and the added/removed views."""
+    import pickle
+    _, _, _, contexts = _contexts(tmp_path)
+    for c in contexts:
+        c.diff.files[0].added()         # memos made before the hand-over do not travel
+    got = pickle.loads(pickle.dumps(contexts))
+    for a, b in zip(contexts, got):
+        assert [f.path for f in a.files] == [f.path for f in b.files]
+        for fa, fb in zip(a.diff.files, b.diff.files):
+            assert [h.lines for h in fa.hunks] == [h.lines for h in fb.hunks]
+            assert fa.added() == fb.added() and fa.removed() == fb.removed()
+            assert fb.added() and all(ln.new_no for ln in fb.added())
+        assert [fv.post_text for fv in a.files] == [fv.post_text for fv in b.files]
+        assert [fv.added_lines for fv in a.files] == [fv.added_lines for fv in b.files]

@@ -155,40 +155,38 @@ def walk(node: tree_sitter.Node):
 
 
 def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node]:
-    """All descendants (and node itself) of one type, in document order."""
+    """All descendants (and node itself) of one type (or of several,
+    separated by blanks), in document order."""
+    types = node_type.split()
+    if not all(t in CENSUS_TYPES for t in types):
+        return _query_nodes_other(node, node_type)
     root, item = _root_and_item(node)
     m = _memo_of_root(root)
-    key = ("type", node_type)
-    if item is None:
-        if key not in m:
-            m[key] = _captures(root, node_type)
-        return m[key]
-    allnodes = m.get(key)
-    lo, hi = node.start_byte, node.end_byte
-    if allnodes is not None:
-        # the whole file's list is at hand: bisect to the node's range
-        starts = m.get(("starts", node_type))
-        if starts is None:
-            starts = m[("starts", node_type)] = [n.start_byte for n in allnodes]
-        i = bisect.bisect_left(starts, lo)
-        out = []
-        while i < len(allnodes) and allnodes[i].start_byte <= hi:
-            n = allnodes[i]
-            if n.end_byte <= hi:
-                out.append(n)
-            i += 1
-        return out
-    # one query over the top-level item holding the node (C speed),
-    # memoised per item: the many expressions of a function a rule walks
-    # through then cost a bisect each
-    ckey = ("item", node_type, item.id)
-    got = m.get(ckey)
-    if got is None or got[0] != item:
-        found = _captures(item, node_type)
-        got = m[ckey] = (item, found, [n.start_byte for n in found])
-    found, starts = got[1], got[2]
-    if node == item:
+    # the node types rules ask for are found together, by one query over
+    # the top-level item holding the node (or over the whole file when a
+    # whole-file answer was needed): later questions about any of them,
+    # on any node of that item, cost a bisect
+    got = m.get(("census", root.id))
+    if got is None and item is not None:
+        got = m.get(("census", item.id))
+        if got is None or got[0] != item:
+            got = m[("census", item.id)] = (item, _census(item))
+    elif got is None:
+        got = m[("census", root.id)] = (root, _census(root))
+    holder, lists = got
+    merged = lists.get(node_type)
+    if merged is None:      # several types: their lists merged, kept with the others
+        found = sorted((n for t in types for n in lists[t][0]), key=_doc_order)
+        merged = lists[node_type] = (found, [n.start_byte for n in found])
+    return _within(node, holder, *merged)
+
+
+def _within(node, holder, found: list, starts: list) -> list[tree_sitter.Node]:
+    """The nodes of FOUND (those under HOLDER, in document order, starting
+    at STARTS) that lie in NODE."""
+    if node == holder:
         return list(found)
+    lo, hi = node.start_byte, node.end_byte
     i = bisect.bisect_left(starts, lo)
     out = []
     while i < len(found) and found[i].start_byte <= hi:
@@ -199,9 +197,54 @@ def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node
     return out
 
 
+# The node types rules look for (cparse.calls(), struct_initializers(),
+# the lock flow's expressions and declarations, ...), found in one pass.
+CENSUS_TYPES = frozenset((
+    "call_expression", "field_expression", "assignment_expression", "declaration",
+    "parameter_declaration", "init_declarator", "if_statement", "preproc_ifdef", "preproc_if",
+    "preproc_elif", "preproc_else"))
+
+
+@lru_cache(maxsize=1)
+def _census_query() -> tree_sitter.Query:
+    return tree_sitter.Query(_LANG, " ".join(f"({t}) @{t}" for t in sorted(CENSUS_TYPES)))
+
+
+def _doc_order(n: tree_sitter.Node) -> tuple[int, int]:
+    return n.start_byte, -n.end_byte
+
+
+def _census(node: tree_sitter.Node) -> dict[str, tuple[list, list]]:
+    """type -> (nodes of that type under NODE in document order, their
+    start bytes), for every census type."""
+    caps = tree_sitter.QueryCursor(_census_query()).captures(node)
+    out = {}
+    for t in CENSUS_TYPES:
+        found = sorted(caps.get(t, ()), key=_doc_order)
+        out[t] = (found, [n.start_byte for n in found])
+    return out
+
+
+def _query_nodes_other(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node]:
+    """query_nodes() of a type outside the census: one query per item."""
+    root, item = _root_and_item(node)
+    m = _memo_of_root(root)
+    key = ("type", node_type)
+    if item is None:
+        if key not in m:
+            m[key] = _captures(root, node_type)
+        return m[key]
+    ckey = ("item", node_type, item.id)
+    got = m.get(ckey)
+    if got is None or got[0] != item:
+        found = _captures(item, node_type)
+        got = m[ckey] = (item, found, [n.start_byte for n in found])
+    return _within(node, item, got[1], got[2])
+
+
 def _captures(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node]:
     cur = tree_sitter.QueryCursor(_query(node_type))
-    return sorted(cur.captures(node).get("n", []), key=lambda n: (n.start_byte, -n.end_byte))
+    return sorted(cur.captures(node).get("n", []), key=_doc_order)
 
 
 @lru_cache(maxsize=64)
@@ -513,7 +556,7 @@ def node_call_names(node: tree_sitter.Node) -> frozenset[str]:
     key = ("call_names", *_text_key(node))
     got = _CHUNK_DATA.get(key)
     if got is None:
-        got = _remember(key, _chunk_call_names(_captures(node, "call_expression"), node))
+        got = _remember(key, _chunk_call_names(query_nodes(node, "call_expression"), node))
     return got
 
 
@@ -575,12 +618,12 @@ def _chunkwise(tree: tree_sitter.Tree, kind: str, compute) -> list[tuple[tree_si
         if len(missing) > 8:
             starts = [c.start_byte for c in chunks]
             found: dict[int, list] = {i: [] for i in missing}
-            for n in _captures(tree.root_node, compute.query):
+            for n in query_nodes(tree.root_node, compute.query):
                 i = bisect.bisect_right(starts, n.start_byte) - 1
                 if i in found and n.end_byte <= chunks[i].end_byte:
                     found[i].append(n)
         else:
-            found = {i: _captures(chunks[i], compute.query) for i in missing}
+            found = {i: query_nodes(chunks[i], compute.query) for i in missing}
         for i in missing:
             values[i] = _remember(keys[i], compute(found[i], chunks[i]))
     for k in keys:

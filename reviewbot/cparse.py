@@ -576,8 +576,13 @@ _CHUNK_DATA: "OrderedDict[tuple, object]" = OrderedDict()
 _CHUNK_DATA_SIZE = 50000
 
 
-def _text_key(node: tree_sitter.Node) -> tuple[str, bytes]:
-    return node.type, hashlib.blake2b(node.text or b"", digest_size=16).digest()
+def _text_key(node: tree_sitter.Node) -> tuple[str, int, int]:
+    # Python's own hash of the text (keyed per process, 64 bits: an
+    # accidental clash among the memo's entries is below one in 10^9) with
+    # the length: a third of what a cryptographic digest costs per chunk,
+    # and no chunk text is kept alive by the memo
+    text = node.text or b""
+    return node.type, len(text), hash(text)
 
 
 def _remember(key: tuple, value):
@@ -626,9 +631,6 @@ def _chunkwise(tree: tree_sitter.Tree, kind: str, compute) -> list[tuple[tree_si
             found = {i: query_nodes(chunks[i], compute.query) for i in missing}
         for i in missing:
             values[i] = _remember(keys[i], compute(found[i], chunks[i]))
-    for k in keys:
-        if k in _CHUNK_DATA:
-            _CHUNK_DATA.move_to_end(k)
     return list(zip(chunks, values))
 
 

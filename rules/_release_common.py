@@ -29,8 +29,35 @@ def removed_old_lines(fv: FileView) -> set[int]:
     return {ln.old_no for ln in fv.diff.removed() if ln.old_no}
 
 
-def known_calls(tree) -> frozenset[str]:
-    return cparse.call_names(tree)
+def known_calls(tree) -> "KnownCalls":
+    return KnownCalls(tree)
+
+
+class KnownCalls:
+    """The names a file calls (cparse.call_names(tree)), read on the first
+    membership test: release_names() asks only about name-derived pairs
+    (X_get/X_put, ...), and most functions a patch touches make no such
+    call, so most images of a series are never read whole."""
+
+    __slots__ = ("_tree", "_names")
+
+    def __init__(self, tree):
+        self._tree = tree
+        self._names: frozenset[str] | None = None
+
+    def _get(self) -> frozenset[str]:
+        if self._names is None:
+            self._names = cparse.call_names(self._tree)
+        return self._names
+
+    def __contains__(self, name) -> bool:
+        return name in self._get()
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def function_named(tree, name: str):
@@ -40,7 +67,7 @@ def function_named(tree, name: str):
     return None
 
 
-def body_acquires(fn_node, file_calls: set[str]) -> list[cparse.Call]:
+def body_acquires(fn_node, file_calls) -> list[cparse.Call]:
     """Calls in a function body that take something needing a release."""
     out = []
     for c in cparse.calls(fn_node):

@@ -134,6 +134,8 @@ class AcquireWithoutRelease(Rule):
 
     # -- module exit / .remove ---------------------------------------------
     def _exit_side(self, fv, added, file_calls):
+        if not _adds_registration(fv.post_tree, added):
+            return          # what is checked below starts at an added registration
         tree = fv.post_tree
         funcs = {f.name: f for f in cparse.functions(tree)}
         pairs = _init_exit_pairs(fv.post_text, tree)
@@ -203,6 +205,20 @@ def _norm(text: str) -> str:
     t = re.sub(r"\s+", "", text)
     t = re.sub(r"^\([^()]*\)", "", t)      # a cast
     return t.lstrip("&")
+
+
+def _adds_registration(tree, added) -> bool:
+    """Whether a call _is_registration() starts on an added line (the items
+    whose text cannot name one are not parsed for calls)."""
+    for item in cparse.items_touching(tree, added):
+        if _REGISTRATION_HINT.search(item.text or b""):
+            if any(c.line in added and _is_registration(c.name) for c in cparse.calls(item)):
+                return True
+    return False
+
+
+# every name _is_registration() accepts holds one of these
+_REGISTRATION_HINT = re.compile(rb"register|request_|pm_runtime_enable|clk_prepare_enable")
 
 
 def _is_registration(name: str) -> bool:

@@ -112,9 +112,11 @@ class SleepInAtomic(Rule):
         old = pre.summaries.get(fn.name)
         if old is not None and old.sleeps:
             return
+        needle = fn.name.encode()
         for other in post.functions:
-            if other.name == fn.name or fn.name not in other.call_names \
-                    or not lf.may_lock(post, other.name):
+            # (the text first: most functions of a file never name it)
+            if other.name == fn.name or needle not in (other.node.text or b"") \
+                    or fn.name not in other.call_names or not lf.may_lock(post, other.name):
                 continue
             start = post.byname[other.name].start
             for name, c_line, h in lf.digest(post, other.name, _atomic_calls) or ():

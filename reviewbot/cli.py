@@ -68,11 +68,22 @@ def cli(ctx: click.Context, overrides, verbose):
 @click.pass_context
 def review(ctx, source, lore_url, tree, base, fmt, mbox_out, from_, min_confidence, rules):
     """Review the series in SOURCE: a Message-ID, a lore URL, an mbox file or '-'."""
+    from . import engine
+    s = _settings(ctx)
+    # the rule process, forked now: it loads numpy and the tree index while
+    # this one imports the mail stack and fetches the thread
+    early = engine.Prefork.early(set(rules) or None, tree or s.get("tree"))
+    try:
+        _review(s, early, source, lore_url, tree, base, fmt, mbox_out, from_, min_confidence, rules)
+    finally:
+        early.cancel()
+
+
+def _review(s, early, source, lore_url, tree, base, fmt, mbox_out, from_, min_confidence, rules):
     from . import outbox, report
     from .fetch import HttpPolicy
     from .review import Options, parse_reviewer, review_source, to_json
 
-    s = _settings(ctx)
     opts = Options(
         lore_url=lore_url or s.get("lore-url"),
         tree=tree or s.get("tree"),
@@ -85,7 +96,7 @@ def review(ctx, source, lore_url, tree, base, fmt, mbox_out, from_, min_confiden
     fmt = fmt or s.get("format")
     progress = Progress()
     try:
-        res = review_source(source, opts, progress=progress)
+        res = review_source(source, opts, progress=progress, prefork=early)
     finally:
         progress.done()
     written = []

@@ -181,6 +181,16 @@ def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node
     return _within(node, holder, *merged)
 
 
+def _has_census(node: tree_sitter.Node) -> bool:
+    """Whether query_nodes(node, <census type>) is a lookup already."""
+    root, item = _root_and_item(node)
+    m = _memo_of_root(root)
+    if ("census", root.id) in m:
+        return True
+    got = m.get(("census", item.id)) if item is not None else None
+    return got is not None and got[0] == item
+
+
 def _within(node, holder, found: list, starts: list) -> list[tree_sitter.Node]:
     """The nodes of FOUND (those under HOLDER, in document order, starting
     at STARTS) that lie in NODE."""
@@ -620,7 +630,10 @@ def _chunkwise(tree: tree_sitter.Tree, kind: str, compute) -> list[tuple[tree_si
     values = [_CHUNK_DATA.get(k) for k in keys]
     missing = [i for i, v in enumerate(values) if v is None]
     if missing:
-        if len(missing) > 8:
+        # one query over the whole file when much of it is new here (unless
+        # the items already had theirs: a rule read each function before)
+        bare = sum(chunks[i].end_byte - chunks[i].start_byte for i in missing if not _has_census(chunks[i]))
+        if len(missing) > 8 and 2 * bare > tree.root_node.end_byte:
             starts = [c.start_byte for c in chunks]
             found: dict[int, list] = {i: [] for i in missing}
             for n in query_nodes(tree.root_node, compute.query):

@@ -265,17 +265,37 @@ class Prefork:
     Made only where a fork would be (Linux, REVIEWBOT_JOBS unset, enough
     added lines); any failure leaves the rules to this process."""
 
-    def __init__(self, rules: list[Rule], added_c_lines: int, only: set[str] | None = None,
+    def __init__(self, rules: list[Rule] | None, added_c_lines: int = 0, only: set[str] | None = None,
                  tree: str | None = None):
         self.tree = tree
-        selected = _selected(rules, only)
-        self.side = [r for r in selected if r.own_process]
+        self.only = only
         self.child: _Child | None = None
         self.to_child: int | None = None
         self.mem: int | None = None
-        if self.side and len(self.side) < len(selected) and added_c_lines >= FORK_MIN_ADDED \
-                and _may_fork():
+        self.side: list[Rule] | None = None
+        if rules is None:           # early(): the child finds the rules itself
+            if _may_fork():
+                self._fork()
+        elif self._worth_it(rules, added_c_lines) and _may_fork():
             self._fork()
+
+    @classmethod
+    def early(cls, only: set[str] | None = None, tree: str | None = None) -> "Prefork":
+        """A child forked at the start of `reviewbot review`, before the
+        mail stack is imported and the thread fetched: it finds the rules
+        and loads numpy and the index meanwhile.  adopt() keeps it for a
+        series worth it, or lets it go."""
+        return cls(None, only=only, tree=tree)
+
+    def adopt(self, rules: list[Rule], added_c_lines: int) -> "Prefork":
+        if not self._worth_it(rules, added_c_lines):
+            self.cancel()
+        return self
+
+    def _worth_it(self, rules: list[Rule], added_c_lines: int) -> bool:
+        selected = _selected(rules, self.only)
+        self.side = [r for r in selected if r.own_process]
+        return bool(self.side) and len(self.side) < len(selected) and added_c_lines >= FORK_MIN_ADDED
 
     def _fork(self) -> None:
         # The contexts go through an anonymous memory file (the child may
@@ -310,11 +330,15 @@ class Prefork:
         self.child = _Child(pid, r2)
 
     def _child(self, r1: int, w2: int, mem: int) -> None:
+        if self.side is None:
+            self.side = [r for r in _selected(discover(), self.only) if r.own_process]
         for r in self.side:
             try:
                 r.prepare(self.tree)
             except Exception:
                 pass
+        # the classes the contexts are made of, loaded while we wait for them
+        importlib.import_module(f"{__package__}.series")
         with os.fdopen(r1, "rb") as f:
             head = f.read()
         if not head:

@@ -10,7 +10,11 @@ import email.utils
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from liblore import utils as lu
+from .lazy import LazyModule
+
+# liblore (and the requests stack under it) loads when mail is first read:
+# the rule process unpickles our objects without it
+lu = LazyModule("liblore.utils")
 
 # A single message larger than this is not a patch anyone reviews by mail.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024

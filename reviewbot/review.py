@@ -70,20 +70,25 @@ def parse_reviewer(text: str) -> tuple[str, str]:
     return (name, addr)
 
 
-def review_source(source: str, opts: Options, stdin=None, progress=None) -> Result:
+def review_source(source: str, opts: Options, stdin=None, progress=None,
+                  prefork: engine.Prefork | None = None) -> Result:
+    """Fetch and review SOURCE.  PREFORK: an engine.Prefork.early() made by
+    the caller before its imports, for the rule process to use."""
     timer = _Timer()
     with timer("fetch"):
         if progress:
             progress("fetching " + (source if source != "-" else "standard input"))
         fetched = load_source(source, opts.lore_url, opts.policy, stdin=stdin)
-    res = review_mbox(fetched.data, opts, want_msgid=fetched.msgid, timer=timer, progress=progress)
+    res = review_mbox(fetched.data, opts, want_msgid=fetched.msgid, timer=timer, progress=progress,
+                      prefork=prefork)
     res.source = fetched.origin
     return res
 
 
-def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer=None, progress=None) -> Result:
+def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer=None, progress=None,
+                prefork: engine.Prefork | None = None) -> Result:
     with _collector_paused():
-        return _review_all(data, opts, want_msgid, timer, progress)
+        return _review_all(data, opts, want_msgid, timer, progress, prefork)
 
 
 @contextlib.contextmanager
@@ -102,15 +107,17 @@ def _collector_paused():
             gc.enable()
 
 
-def _review_all(data, opts, want_msgid, timer, progress) -> Result:
+def _review_all(data, opts, want_msgid, timer, progress, early) -> Result:
     timer = timer or _Timer()
     with timer("rules"):
         rules = engine.discover()
-        # A big series: the duplicated-code search gets its process now and
-        # loads numpy and the index while we assemble, apply and parse.
-        # (How big, from the raw mail: added lines, any file.)
-        prefork = engine.Prefork(rules, data.count(b"\n+") - data.count(b"\n+++"), opts.only_rules,
-                                 tree=opts.tree)
+        # A big series: the duplicated-code search gets its process now
+        # (or keeps the one forked early) and loads numpy and the index
+        # while we assemble, apply and parse.  (How big, from the raw
+        # mail: added lines, any file.)
+        added = data.count(b"\n+") - data.count(b"\n+++")
+        prefork = (early.adopt(rules, added) if early is not None else
+                   engine.Prefork(rules, added, opts.only_rules, tree=opts.tree))
     try:
         return _review_mbox(data, opts, want_msgid, timer, progress, rules, prefork)
     finally:

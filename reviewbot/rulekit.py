@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import importlib
 import re
 
 
@@ -17,20 +16,6 @@ def matches_any(path: str, globs) -> bool:
     once into one pattern (rules ask for every file of every patch)."""
     return _globs_re(tuple(globs)).match(path) is not None
 
-
-class LazyModule:
-    """A module imported on first use.  The duplicated-code rules run in a
-    forked process (engine.Prefork): importing numpy and the index there, not
-    at rule discovery, keeps that import off the main process's path."""
-
-    def __init__(self, name: str):
-        self.__dict__["_lazy_name"] = name
-
-    def __getattr__(self, attr):
-        mod = importlib.import_module(self.__dict__["_lazy_name"])
-        value = getattr(mod, attr)
-        self.__dict__[attr] = value     # next time a plain attribute lookup
-        return value
 
 # acquire -> release, for the plain lock families
 LOCK_PAIRS = {

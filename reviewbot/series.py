@@ -8,14 +8,18 @@ import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-import b4
-
 from . import diffmodel, mail
 from .mail import Copies
 
-# b4 must never reach for the network while we assemble.
-b4.can_network = False
-logging.getLogger("b4").setLevel(logging.ERROR)
+
+def _b4():
+    """b4, imported when a series is first assembled (the rule process
+    reads Series objects and never needs it)."""
+    import b4
+    # b4 must never reach for the network while we assemble.
+    b4.can_network = False
+    logging.getLogger("b4").setLevel(logging.ERROR)
+    return b4
 
 _BASE_RE = re.compile(r"^base-commit:\s*([0-9a-f]{7,40})\s*$", re.MULTILINE)
 MAX_EXPECTED = 999
@@ -121,7 +125,7 @@ def assemble(groups: list[Copies], want_msgid: str | None = None) -> Series | No
     """Assemble the latest revision of the series in the thread.  Returns
     None when the thread holds no patch at all."""
     msgs, others, notes = choose_copies(groups)
-    lmbx = b4.LoreMailbox()
+    lmbx = _b4().LoreMailbox()
     for m in msgs:
         try:
             lmbx.add_message(m)

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.rulekit import LazyModule
+from reviewbot.lazy import LazyModule
 
 np = LazyModule("numpy")
 dx = LazyModule("reviewbot.dupindex")

@@ -6,7 +6,7 @@ import re
 
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.rulekit import LazyModule
+from reviewbot.lazy import LazyModule
 
 dx = LazyModule("reviewbot.dupindex")
 

@@ -191,3 +191,67 @@ def test_the_contexts_reach_the_child_whole(tmp_path):
             assert fb.added() and all(ln.new_no for ln in fb.added())
         assert [fv.post_text for fv in a.files] == [fv.post_text for fv in b.files]
         assert [fv.added_lines for fv in a.files] == [fv.added_lines for fv in b.files]
+
+
+def test_an_early_prefork_finds_the_rules_itself_and_runs_them(tmp_path, monkeypatch):
+    """`reviewbot review` forks before it knows the series: the child
+    discovers the rules and prepares while this process imports and
+    fetches; adopt() keeps it for a big enough series."""
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    *_, ctxs = _contexts(tmp_path)
+    rules = [_PidRule("TST001", False), _PrepRule("TST002", True)]
+    monkeypatch.setattr(engine, "discover", lambda: list(rules))   # what the child finds
+    early = engine.Prefork.early()
+    assert early.child is not None
+    per_patch, _, notes = engine.start(rules, ctxs, prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
+    (f,) = [f for fs in per_patch.values() for f in fs if f.rule == "TST002"]
+    _, pid, _, prepared = f.message.split()
+    assert int(pid) != os.getpid() and int(prepared) == int(pid)
+    assert _pids(per_patch)["TST001"] == os.getpid() and notes == []
+
+
+def test_an_early_prefork_is_let_go_for_a_small_series(tmp_path, monkeypatch):
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    *_, ctxs = _contexts(tmp_path)
+    rules = [_PidRule("TST001", False), _PrepRule("TST002", True)]
+    early = engine.Prefork.early()
+    pid = early.child.pid
+    per_patch, _, _ = engine.start(rules, ctxs, prefork=early.adopt(rules, 10)).finish()
+    assert set(_pids(per_patch).values()) == {os.getpid()}
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_the_cli_review_is_the_same_with_its_early_child(tmp_path):
+    """`reviewbot review` of a series big enough for the rule process (the
+    DUP001 fixture with a whole real file added) gives the same JSON as a
+    review in one process, DUP001's findings included (the copy's functions
+    are twins of the original's)."""
+    import json
+    import subprocess
+    import sys
+    mbox = next((FIXTURES / "DUP001").glob("bad-*.mbox"))
+    tree = _make_tree(mbox.parent / (mbox.stem.split("-", 1)[1] + ".tree"), tmp_path / "tree")
+    big = next(p for p in sorted(pathlib.Path(tree).rglob("*.c")) if p.read_text().count("\n") > 400)
+    lines = big.read_text().split("\n")[:-1]
+    copy = str(big.relative_to(tree).with_name("copy_of_" + big.name))
+    extra = (f"diff --git a/{copy} b/{copy}\nnew file mode 100644\nindex 0000000..1111111\n"
+             f"--- /dev/null\n+++ b/{copy}\n@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{ln}\n" for ln in lines))
+    text = mbox.read_text()
+    cut = text.index("\n-- \n") if "\n-- \n" in text else len(text.rstrip("\n"))
+    (tmp_path / "big.mbox").write_text(text[:cut].rstrip("\n") + "\n" + extra + text[cut:])
+    outs = []
+    for jobs in ("", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "REVIEWBOT_JOBS"}
+        if jobs:
+            env["REVIEWBOT_JOBS"] = jobs
+        proc = subprocess.run([sys.executable, "-c", "from reviewbot.cli import main; main()", "review",
+                               str(tmp_path / "big.mbox"), "--tree", str(tree), "--format", "json"],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout)
+        got.pop("timings", None)
+        outs.append(got)
+    assert outs[0] == outs[1]
+    dups = [f for p in outs[0]["patches"] for f in p["findings"] if f["rule"] == "DUP001"]
+    assert any(f["path"] == copy for f in dups) and len(dups) > 1

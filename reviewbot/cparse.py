@@ -174,11 +174,11 @@ def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node
     elif got is None:
         got = m[("census", root.id)] = (root, _census(root))
     holder, lists = got
-    merged = lists.get(node_type)
-    if merged is None:      # several types: their lists merged, kept with the others
-        found = sorted((n for t in types for n in lists[t][0]), key=_doc_order)
-        merged = lists[node_type] = (found, [n.start_byte for n in found])
-    return _within(node, holder, *merged)
+    ready = lists.get(node_type)
+    if ready is None:       # sorted on first use (several types: merged), kept
+        found = sorted((n for t in types for n in lists["_raw"].get(t, ())), key=_doc_order)
+        ready = lists[node_type] = (found, [n.start_byte for n in found])
+    return _within(node, holder, *ready)
 
 
 def _has_census(node: tree_sitter.Node) -> bool:
@@ -224,15 +224,11 @@ def _doc_order(n: tree_sitter.Node) -> tuple[int, int]:
     return n.start_byte, -n.end_byte
 
 
-def _census(node: tree_sitter.Node) -> dict[str, tuple[list, list]]:
-    """type -> (nodes of that type under NODE in document order, their
-    start bytes), for every census type."""
-    caps = tree_sitter.QueryCursor(_census_query()).captures(node)
-    out = {}
-    for t in CENSUS_TYPES:
-        found = sorted(caps.get(t, ()), key=_doc_order)
-        out[t] = (found, [n.start_byte for n in found])
-    return out
+def _census(node: tree_sitter.Node) -> dict:
+    """The census types' nodes under NODE: {"_raw": type -> nodes as the
+    query found them}; query_nodes() adds type -> (nodes in document
+    order, their start bytes) as it is asked."""
+    return {"_raw": tree_sitter.QueryCursor(_census_query()).captures(node)}
 
 
 def _query_nodes_other(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node]:

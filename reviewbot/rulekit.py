@@ -7,14 +7,30 @@ import re
 
 
 @functools.lru_cache(maxsize=64)
-def _globs_re(globs: tuple[str, ...]) -> "re.Pattern":
-    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
+def _globs(globs: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str], "re.Pattern | None"]:
+    """(prefixes of the `dir/*` globs, plain names, one pattern for the
+    rest): most path globs are directories, and a string test is cheaper
+    than compiling them all into a regular expression."""
+    prefixes, exact, other = [], set(), []
+    for g in globs:
+        head = g[:-1] if g.endswith("*") else g
+        if any(c in head for c in "*?["):
+            other.append(g)
+        elif g.endswith("*"):
+            prefixes.append(head)
+        else:
+            exact.add(g)
+    pattern = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in other)) if other else None
+    return tuple(prefixes), frozenset(exact), pattern
 
 
 def matches_any(path: str, globs) -> bool:
-    """any(fnmatch.fnmatch(path, g) for g in globs), with the globs compiled
-    once into one pattern (rules ask for every file of every patch)."""
-    return _globs_re(tuple(globs)).match(path) is not None
+    """any(fnmatch.fnmatch(path, g) for g in globs) (case-sensitive; `*`
+    crosses `/`), worked out once per set of globs (rules ask for every
+    file of every patch)."""
+    prefixes, exact, pattern = _globs(tuple(globs))
+    return (path.startswith(prefixes) or path in exact
+            or (pattern is not None and pattern.match(path) is not None))
 
 
 # acquire -> release, for the plain lock families

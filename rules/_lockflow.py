@@ -781,6 +781,14 @@ def may_lock(info: "ImageInfo", name: str) -> bool:
     that returns with a lock held.  A function that cannot has no lock
     orders, leaks or atomic sections, so rules looking for those skip its
     (costly) flow."""
+    memo = info.memo.setdefault("may_lock", {})
+    got = memo.get(name)
+    if got is None:
+        got = memo[name] = _may_lock(info, name)
+    return got
+
+
+def _may_lock(info: "ImageInfo", name: str) -> bool:
     f = info.byname.get(name)
     if f is None:
         return False

@@ -31,6 +31,7 @@ import re
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from reviewbot import cparse
 
@@ -103,8 +104,7 @@ GUARD_SPIN = re.compile(r"spinlock|raw_spinlock|rwlock|read_lock|write_lock|rcu|
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Held:
+class Held(NamedTuple):
     key: str          # lock class
     kind: str         # spin/mutex/rwsem/sock/rcu/irq/bh/preempt
     line: int         # where it was taken
@@ -211,8 +211,7 @@ def display(h: Held) -> str:
 MAX_STATES = 48
 
 
-@dataclass
-class CallEvent:
+class CallEvent(NamedTuple):
     name: str
     args: tuple[str, ...]
     line: int
@@ -220,8 +219,7 @@ class CallEvent:
     states: frozenset          # frozenset of frozenset[Held] before the call
 
 
-@dataclass
-class Exit:
+class Exit(NamedTuple):
     line: int                  # the return statement (or closing brace)
     states: frozenset
     via: dict                  # state -> goto line that led here (if any)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
@@ -20,8 +20,7 @@ _LOG_RE = re.compile(r"^(pr_\w+|dev_(err|warn|info|dbg|notice)\w*|netdev_(err|wa
 _ERROR_RET_RE = re.compile(r"^(-\s*E[A-Z0-9]+|NULL|ERR_PTR\b.*|ERR_CAST\b.*|-\d+|false)$")
 
 
-@dataclass
-class _Leak:
+class _Leak(NamedTuple):
     acquire: cparse.Call
     resource: str
     exit_line: int

@@ -2,7 +2,7 @@
 order of another site (an ABBA hint)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
@@ -10,8 +10,7 @@ from reviewbot.findings import Location
 from . import _lockflow as lf
 
 
-@dataclass(frozen=True)
-class Edge:
+class Edge(NamedTuple):
     outer: str          # lock class held
     inner: str          # lock class taken while `outer` is held
     func: str

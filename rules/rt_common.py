@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from reviewbot import cparse
 from reviewbot.rulekit import LOCK_PAIRS
@@ -84,8 +84,7 @@ def is_early_exit(call_node) -> bool:
     return False
 
 
-@dataclass
-class Held:
+class Held(NamedTuple):
     call: cparse.Call
 
     @property

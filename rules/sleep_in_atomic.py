@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
 
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
@@ -123,7 +122,7 @@ class SleepInAtomic(Rule):
                 if name != fn.name:
                     continue
                 c_line += start
-                h = replace(h, line=h.line + start)
+                h = h._replace(line=h.line + start)
                 msg = (f"{summ.sleeps} can sleep, and {other.name}() calls {fn.name}() with "
                        f"{lf.display(h)} held (taken by {h.call}()). "
                        + _advice(summ.sleeps, h))
@@ -142,7 +141,7 @@ def _atomic_calls(info, fl, start: int) -> tuple:
         if not held:
             continue
         h = max(held, key=lambda h: h.line)
-        out.append((c.name, c.line - start, replace(h, line=h.line - start)))
+        out.append((c.name, c.line - start, h._replace(line=h.line - start)))
     return tuple(out)
 
 

@@ -255,3 +255,31 @@ def test_the_cli_review_is_the_same_with_its_early_child(tmp_path):
     assert outs[0] == outs[1]
     dups = [f for p in outs[0]["patches"] for f in p["findings"] if f["rule"] == "DUP001"]
     assert any(f["path"] == copy for f in dups) and len(dups) > 1
+
+
+def test_a_rule_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
+    """A package that declares a rule under the `reviewbot.rules` entry-point
+    group is discovered with the built-in rules (and the same entry points
+    as importlib.metadata lists)."""
+    import importlib.metadata as md
+    import sys
+    (tmp_path / "rb_plugin_demo.py").write_text(
+        "from reviewbot.engine import Rule\n\n"
+        "class DemoRule(Rule):\n"
+        '    """Demo.\\n\\n## What it does\\nx\\n\\n## Why is this bad?\\nx\\n\\n## Example\\nx\\n\\n## Use instead\\nx\\n"""\n'
+        '    code = "ZZZ001"\n    name = "demo-plugin"\n    family = "demo"\n\n'
+        "    def check_patch(self, ctx):\n        return iter(())\n")
+    info = tmp_path / "rb_plugin_demo-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rb-plugin-demo\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[reviewbot.rules]\ndemo = rb_plugin_demo:DemoRule\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    engine._discover.cache_clear()
+    try:
+        codes = [r.code for r in engine.discover()]
+        assert "ZZZ001" in codes and "DUP001" in codes
+        assert [ep.value for ep in engine._plugin_entry_points()] == \
+            [ep.value for ep in md.entry_points(group="reviewbot.rules")] == ["rb_plugin_demo:DemoRule"]
+    finally:
+        sys.modules.pop("rb_plugin_demo", None)
+        engine._discover.cache_clear()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from reviewbot import cparse
+from reviewbot.lazy import LazyPattern
 
 # ---------------------------------------------------------------------------
 # vocabulary
@@ -95,9 +96,9 @@ PSEUDO = {"rcu", "irq", "bh", "preempt"}
 ATOMIC_KINDS = {"spin", "rcu", "irq", "bh", "preempt"}
 GENERIC_FIELDS = {"lock", "mutex", "mtx", "sem", "rwsem", "spinlock", "slock", "rwlock",
                   "lk", "lck", "mlock", "rlock", "wlock", "lock_", "_lock"}
-SKIP_FN_RE = re.compile(r"(^|_)(lock|locked|acquire|acquires|get_lock|grab|trylock|hold)(_|$)|"
+SKIP_FN_RE = LazyPattern(r"(^|_)(lock|locked|acquire|acquires|get_lock|grab|trylock|hold)(_|$)|"
                         r"(_start|_begin|_enter)$|lock$", re.I)
-GUARD_SPIN = re.compile(r"spinlock|raw_spinlock|rwlock|read_lock|write_lock|rcu|irq|preempt|bh")
+GUARD_SPIN = LazyPattern(r"spinlock|raw_spinlock|rwlock|read_lock|write_lock|rcu|irq|preempt|bh")
 
 # ---------------------------------------------------------------------------
 # lock identity
@@ -117,7 +118,7 @@ class Held(NamedTuple):
         return not self.key.startswith("?")
 
 
-_TYPE_RE = re.compile(r"^(?:const\s+)?(?:struct|union)\s+(\w+)")
+_TYPE_RE = LazyPattern(r"^(?:const\s+)?(?:struct|union)\s+(\w+)")
 
 
 def declared_types(fn_node) -> dict[str, str]:
@@ -151,7 +152,7 @@ def _strip(expr: str) -> str:
             return e
 
 
-_SPLIT_RE = re.compile(r"->|\.")
+_SPLIT_RE = LazyPattern(r"->|\.")
 
 
 def lock_key(expr: str, types: dict[str, str]) -> str:
@@ -273,7 +274,7 @@ def _missing_semicolon(stmt) -> bool:
             and stmt.children[-1].type == ";" and stmt.children[-1].end_byte == stmt.children[-1].start_byte)
 
 
-_LOOP_MACRO = re.compile(r"for_each|foreach|_for_|^for_|while_each|_loop")
+_LOOP_MACRO = LazyPattern(r"for_each|foreach|_for_|^for_|while_each|_loop")
 
 
 class Walker:
@@ -658,9 +659,9 @@ SLEEPING = {
     "request_firmware", "sock_create_kern", "kvfree_rcu_mightsleep",
 }
 SLEEPING_PREFIX = ("wait_event", "wait_for_completion", "__wait_event")
-SLEEPY_GFP = re.compile(r"\b(GFP_KERNEL|GFP_KERNEL_ACCOUNT|GFP_USER|GFP_HIGHUSER|GFP_HIGHUSER_MOVABLE|"
+SLEEPY_GFP = LazyPattern(r"\b(GFP_KERNEL|GFP_KERNEL_ACCOUNT|GFP_USER|GFP_HIGHUSER|GFP_HIGHUSER_MOVABLE|"
                         r"GFP_NOIO|GFP_NOFS)\b")
-NOSLEEP_GFP = re.compile(r"\b(GFP_ATOMIC|GFP_NOWAIT|__GFP_NOWAIT)\b")
+NOSLEEP_GFP = LazyPattern(r"\b(GFP_ATOMIC|GFP_NOWAIT|__GFP_NOWAIT)\b")
 
 
 def sleeping_call(name: str, args: tuple[str, ...]) -> str | None:
@@ -1102,7 +1103,7 @@ def fn_skipped_for_balance(fl: Flow) -> bool:
     return fl.annotated or bool(SKIP_FN_RE.search(fl.fn.name))
 
 
-_ERRORISH = re.compile(r"^\s*(-\s*\w+|ERR_PTR\s*\(.*|ERR_CAST\s*\(.*|NULL|false|0|(\w*err\w*|rc|ret|retval|status))\s*;?\s*$")
+_ERRORISH = LazyPattern(r"^\s*(-\s*\w+|ERR_PTR\s*\(.*|ERR_CAST\s*\(.*|NULL|false|0|(\w*err\w*|rc|ret|retval|status))\s*;?\s*$")
 
 
 def return_value(fl: Flow, line: int) -> str | None:

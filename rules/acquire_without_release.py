@@ -7,17 +7,18 @@ from typing import NamedTuple
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.lazy import LazyPattern
 from reviewbot.rulekit import STATUS_ACQUIRES, release_names
 from reviewbot.rules import _release_common as rc
 from reviewbot.rules.rt_common import any_in_range
 
 _PERNET_EXITS = ("exit", "exit_batch", "pre_exit", "exit_batch_rtnl")
-_TRANSFER_RE = re.compile(r"(add|insert|store|set|assign|queue|attach|link|push|publish|install|"
+_TRANSFER_RE = LazyPattern(r"(add|insert|store|set|assign|queue|attach|link|push|publish|install|"
                           r"hash|enqueue|splice|xchg|cmpxchg)", re.I)
-_LOG_RE = re.compile(r"^(pr_\w+|dev_(err|warn|info|dbg|notice)\w*|netdev_(err|warn|info|dbg)\w*|"
+_LOG_RE = LazyPattern(r"^(pr_\w+|dev_(err|warn|info|dbg|notice)\w*|netdev_(err|warn|info|dbg)\w*|"
                      r"WARN\w*|printk\w*|net_\w+_ratelimited|NL_SET_ERR_MSG\w*|trace_\w+|"
                      r"dev_err_probe|BUG_ON|unlikely|likely)$")
-_ERROR_RET_RE = re.compile(r"^(-\s*E[A-Z0-9]+|NULL|ERR_PTR\b.*|ERR_CAST\b.*|-\d+|false)$")
+_ERROR_RET_RE = LazyPattern(r"^(-\s*E[A-Z0-9]+|NULL|ERR_PTR\b.*|ERR_CAST\b.*|-\d+|false)$")
 
 
 class _Leak(NamedTuple):
@@ -217,7 +218,7 @@ def _adds_registration(tree, added) -> bool:
 
 
 # every name _is_registration() accepts holds one of these
-_REGISTRATION_HINT = re.compile(rb"register|request_|pm_runtime_enable|clk_prepare_enable")
+_REGISTRATION_HINT = LazyPattern(rb"register|request_|pm_runtime_enable|clk_prepare_enable")
 
 
 def _is_registration(name: str) -> bool:

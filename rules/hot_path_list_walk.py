@@ -6,17 +6,18 @@ import re
 
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
+from reviewbot.lazy import LazyPattern
 
 from .rt_common import functions_touched, params_of
 
-_LIST_MACRO_RE = re.compile(r"^h?list_for_each(?:_entry)?(?:_rcu|_safe|_continue|_from|_reverse)*$")
+_LIST_MACRO_RE = LazyPattern(r"^h?list_for_each(?:_entry)?(?:_rcu|_safe|_continue|_from|_reverse)*$")
 _WALK_FIELDS = {"next", "prev", "parent", "link", "sibling"}
 # LSM hooks that run on every file access, syscall or packet
-_HOT_LSM = re.compile(r"^(?:file_(?:open|permission|ioctl|lock|fcntl|receive|mprotect)|mmap_\w+|"
+_HOT_LSM = LazyPattern(r"^(?:file_(?:open|permission|ioctl|lock|fcntl|receive|mprotect)|mmap_\w+|"
                       r"inode_(?:permission|getattr|getsecid|follow_link)|socket_(?:sendmsg|recvmsg|"
                       r"sock_rcv_skb)|sk_\w+|task_(?:kill|getsecid\w*)|cred_getsecid|"
                       r"ipc_permission|path_\w+|bpf\w*|perf_event_\w+)$")
-_HOT_NAME_RE = re.compile(r"(?:^(?:__)?security_(?:file_open|file_permission|inode_permission|mmap_file|"
+_HOT_NAME_RE = LazyPattern(r"(?:^(?:__)?security_(?:file_open|file_permission|inode_permission|mmap_file|"
                           r"socket_sendmsg|socket_recvmsg|sock_rcv_skb|task_kill)$|_rcv$|_rcv_(?:skb|finish|one)$|"
                           r"_start_xmit$|_xmit$|^(?:__)?bpf_prog_run\w*|_run_filters?$|^__seccomp_filter$)")
 

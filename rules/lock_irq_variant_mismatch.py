@@ -7,10 +7,11 @@ import re
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.lazy import LazyPattern
 
 from . import _lockflow as lf
 
-_CTX_FN = re.compile(r"(_irq|_isr|interrupt|_handler|_timer|timer_|_rcv|tasklet|_poll|napi|softirq|_bh)",
+_CTX_FN = LazyPattern(r"(_irq|_isr|interrupt|_handler|_timer|timer_|_rcv|tasklet|_poll|napi|softirq|_bh)",
                      re.I)
 
 

@@ -6,6 +6,7 @@ import re
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.lazy import LazyPattern
 from reviewbot.rulekit import (LIFECYCLE_MEMBERS, OPS_ALWAYS_ACQUIRE, OPS_MEMBER_PAIRS,
                                OPS_NOOP_VALUES, OPS_TYPED_PAIRS)
 from reviewbot.rules import _release_common as rc
@@ -198,7 +199,7 @@ class OpsMissingRelease(Rule):
 
 # a designated initialiser (what cparse.struct_initializers() reads) has
 # `.member =` in its text
-_MEMBER_INIT = re.compile(rb"\.[A-Za-z_]\w*\s*=")
+_MEMBER_INIT = LazyPattern(rb"\.[A-Za-z_]\w*\s*=")
 
 
 def _may_touch_table(fv) -> bool:

@@ -1,19 +1,18 @@
 """preempt-rt-ifdef (RT001): locking made conditional on CONFIG_PREEMPT_RT."""
 from __future__ import annotations
 
-import re
-
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.lazy import LazyPattern
 from reviewbot.rulekit import LOCK_CALLS, is_rt_core
 
-_RT_RE = re.compile(r"\bCONFIG_PREEMPT_RT(?:_FULL|_BASE)?\b")
+_RT_RE = LazyPattern(r"\bCONFIG_PREEMPT_RT(?:_FULL|_BASE)?\b")
 # calls that make a block "locking" (irq/preempt/bh disabling alone does not)
 _REAL_LOCKS = {c for c in LOCK_CALLS if not c.startswith(("local_irq", "preempt_", "local_bh_", "rcu_read"))}
 # what a "!RT only" block may hold and still be the accepted RT adaptation idiom
 # (net/core/dev.c rps_lock_irqsave(), net/core/netpoll.c netpoll_send_udp())
-_IDIOM_CALLS = re.compile(r"^(?:WARN_ON\w*|BUG_ON|VM_BUG_ON|lockdep_\w+|irqs_disabled|local_irq_\w+|"
+_IDIOM_CALLS = LazyPattern(r"^(?:WARN_ON\w*|BUG_ON|VM_BUG_ON|lockdep_\w+|irqs_disabled|local_irq_\w+|"
                           r"preempt_\w+|local_bh_\w+|might_sleep\w*|in_\w+|IS_ENABLED)$")
 
 

@@ -11,6 +11,7 @@ import re
 from typing import NamedTuple
 
 from reviewbot import cparse
+from reviewbot.lazy import LazyPattern
 from reviewbot.rulekit import LOCK_PAIRS
 
 # acquire -> release, with the few irq/preempt pairs rulekit does not list
@@ -32,7 +33,7 @@ RAW_LOCKS = {k for k in PAIRS if k.startswith("raw_spin_lock") or k == "raw_spin
 SLEEPING_SPIN = {k for k in PAIRS if k.startswith(("spin_lock", "read_lock", "write_lock"))} | {
     "spin_trylock", "spin_trylock_bh", "spin_trylock_irqsave"}
 
-PERCPU_RE = re.compile(r"\b(?:__)?(?:this_cpu_\w+|raw_cpu_\w+|per_cpu\w*|get_cpu_var|put_cpu_var|"
+PERCPU_RE = LazyPattern(r"\b(?:__)?(?:this_cpu_\w+|raw_cpu_\w+|per_cpu\w*|get_cpu_var|put_cpu_var|"
                        r"get_cpu_ptr|put_cpu_ptr|smp_processor_id|raw_smp_processor_id|"
                        r"get_cpu|\w+_irqoff|local_\w+_inc|local_inc|local_dec|local_add)\b")
 

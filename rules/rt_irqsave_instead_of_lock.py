@@ -2,11 +2,10 @@
 to protect shared data, where a lock is needed."""
 from __future__ import annotations
 
-import re
-
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.lazy import LazyPattern
 from reviewbot.rulekit import is_rt_core, matches_any
 
 from .rt_common import (IRQ_OFF, PAIRS, PERCPU_RE, locals_of, release_matches,
@@ -102,7 +101,7 @@ def _dropped_lock(removed_text: str) -> str:
     return f"{m.group(1)}({m.group(2).strip()})" if m else ""
 
 
-_LOCK_CALL_RE = re.compile(r"\b((?:raw_)?spin_lock\w*|mutex_lock\w*|write_lock\w*)\(\s*([^,)]+)")
+_LOCK_CALL_RE = LazyPattern(r"\b((?:raw_)?spin_lock\w*|mutex_lock\w*|write_lock\w*)\(\s*([^,)]+)")
 
 
 def _sections(fn_node):

@@ -10,6 +10,7 @@ from functools import lru_cache
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.lazy import LazyPattern
 from reviewbot.rulekit import matches_any
 
 from .rt_common import IRQ_OFF, PREEMPT_OFF, RAW_LOCKS, SLEEPING_SPIN, functions_touched, walk_held
@@ -17,7 +18,7 @@ from .rt_common import IRQ_OFF, PREEMPT_OFF, RAW_LOCKS, SLEEPING_SPIN, functions
 # architectures without PREEMPT_RT support: their irq-off + spin_lock is not an RT bug
 RT_ARCHES = ("x86", "arm", "arm64", "powerpc", "riscv", "loongarch")
 SKIP_GLOBS = ("kernel/locking/*", "lib/locking-selftest.c", "tools/*")
-_REQ_IRQ_RE = re.compile(r"\b(?:devm_)?request_(?:threaded_)?irq\s*\(([^;]*?)\)\s*;", re.S)
+_REQ_IRQ_RE = LazyPattern(r"\b(?:devm_)?request_(?:threaded_)?irq\s*\(([^;]*?)\)\s*;", re.S)
 
 
 class RtSpinlockUnderRaw(Rule):

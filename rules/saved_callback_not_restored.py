@@ -5,11 +5,12 @@ import re
 
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
+from reviewbot.lazy import LazyPattern
 from reviewbot.rules import _release_common as rc
 
-_PREFIX_RE = re.compile(r"^(saved|save|orig|original|old|prev)_(\w+)$")
+_PREFIX_RE = LazyPattern(r"^(saved|save|orig|original|old|prev)_(\w+)$")
 # an item without one of those prefixes anywhere cannot hold a save
-_PREFIX_HINT = re.compile(rb"(?:saved?|orig(?:inal)?|old|prev)_")
+_PREFIX_HINT = LazyPattern(rb"(?:saved?|orig(?:inal)?|old|prev)_")
 
 
 class SavedCallbackNotRestored(Rule):

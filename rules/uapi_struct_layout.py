@@ -7,11 +7,12 @@ import re
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.lazy import LazyPattern
 from reviewbot.rulekit import matches_any
 
 UAPI_GLOBS = ("include/uapi/*", "arch/*/include/uapi/*")
-_RESERVED_RE = re.compile(r"^(?:__)?(?:reserved|resv|rsvd|pad|padding|unused|spare)\w*$")
-_FLAGS_RE = re.compile(r"^\w*flags$")
+_RESERVED_RE = LazyPattern(r"^(?:__)?(?:reserved|resv|rsvd|pad|padding|unused|spare)\w*$")
+_FLAGS_RE = LazyPattern(r"^\w*flags$")
 
 
 class UapiStructLayout(Rule):

@@ -7,6 +7,7 @@ import re
 from reviewbot import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
+from reviewbot.lazy import LazyPattern
 
 from .rt_common import functions_touched, locals_of, norm, walk_held
 
@@ -18,7 +19,7 @@ UNLOCKED = {"__skb_queue_tail": 0, "__skb_queue_head": 0, "__skb_dequeue": 0,
 # paths call it on queues that are otherwise serialised by another lock)
 LOCKED = {"skb_queue_tail": 0, "skb_queue_head": 0, "skb_dequeue": 0, "skb_dequeue_tail": 0,
           "skb_unlink": 1, "skb_append": 2}
-_LOCK_ARG_RE = re.compile(r"^(.*)\.lock$")
+_LOCK_ARG_RE = LazyPattern(r"^(.*)\.lock$")
 
 
 def queue_key(expr: str) -> tuple[str, str]:

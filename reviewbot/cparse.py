@@ -158,7 +158,7 @@ def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node
     """All descendants (and node itself) of one type (or of several,
     separated by blanks), in document order."""
     types = node_type.split()
-    if not all(t in CENSUS_TYPES for t in types):
+    if node_type.startswith("(") or not all(t in CENSUS_TYPES for t in types):
         return _query_nodes_other(node, node_type)
     root, item = _root_and_item(node)
     m = _memo_of_root(root)
@@ -181,13 +181,16 @@ def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node
     return _within(node, holder, *ready)
 
 
-def _has_census(node: tree_sitter.Node) -> bool:
-    """Whether query_nodes(node, <census type>) is a lookup already."""
+def _found(node: tree_sitter.Node, node_type: str) -> bool:
+    """Whether query_nodes(node, node_type) is a lookup already."""
     root, item = _root_and_item(node)
     m = _memo_of_root(root)
-    if ("census", root.id) in m:
+    census = not node_type.startswith("(") and all(t in CENSUS_TYPES for t in node_type.split())
+    if (("census", root.id) if census else ("type", node_type)) in m:
         return True
-    got = m.get(("census", item.id)) if item is not None else None
+    if item is None:
+        return False
+    got = m.get(("census", item.id) if census else ("item", node_type, item.id))
     return got is not None and got[0] == item
 
 
@@ -255,7 +258,10 @@ def _captures(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node]:
 
 @lru_cache(maxsize=64)
 def _query(node_type: str) -> tree_sitter.Query:
-    """A query for one node type, or for several separated by blanks."""
+    """A query for one node type, or for several separated by blanks, or a
+    pattern (in parentheses) capturing @n."""
+    if node_type.startswith("("):
+        return tree_sitter.Query(_LANG, node_type)
     types = node_type.split()
     if len(types) == 1:
         return tree_sitter.Query(_LANG, f"({node_type}) @n")
@@ -544,16 +550,15 @@ def call_names(tree: tree_sitter.Tree) -> frozenset[str]:
     return got
 
 
+# The called expression of every call (what Call.name is the text of).
+CALLEES = "(call_expression function: _ @n)"
+
+
 def _chunk_call_names(nodes: list[tree_sitter.Node], chunk: tree_sitter.Node) -> frozenset[str]:
-    out = set()
-    for n in nodes:
-        fn = n.child_by_field_name("function")
-        if fn is not None:
-            out.add(node_text(fn))
-    return frozenset(out)
+    return frozenset(map(node_text, nodes))
 
 
-_chunk_call_names.query = "call_expression"
+_chunk_call_names.query = CALLEES
 
 
 def node_call_names(node: tree_sitter.Node) -> frozenset[str]:
@@ -562,7 +567,7 @@ def node_call_names(node: tree_sitter.Node) -> frozenset[str]:
     key = ("call_names", *_text_key(node))
     got = _CHUNK_DATA.get(key)
     if got is None:
-        got = _remember(key, _chunk_call_names(query_nodes(node, "call_expression"), node))
+        got = _remember(key, _chunk_call_names(query_nodes(node, CALLEES), node))
     return got
 
 
@@ -628,7 +633,8 @@ def _chunkwise(tree: tree_sitter.Tree, kind: str, compute) -> list[tuple[tree_si
     if missing:
         # one query over the whole file when much of it is new here (unless
         # the items already had theirs: a rule read each function before)
-        bare = sum(chunks[i].end_byte - chunks[i].start_byte for i in missing if not _has_census(chunks[i]))
+        bare = sum(chunks[i].end_byte - chunks[i].start_byte for i in missing
+                   if not _found(chunks[i], compute.query))
         if len(missing) > 8 and 2 * bare > tree.root_node.end_byte:
             starts = [c.start_byte for c in chunks]
             found: dict[int, list] = {i: [] for i in missing}

@@ -152,12 +152,21 @@ def release_names(acquire: str, known_calls: set[str] | frozenset = frozenset())
     """The calls that undo `acquire`, or () when it is not an acquire.
     Name-derived pairs (register_X/unregister_X, X_get/X_put, X_alloc/X_free)
     count only when the release appears in `known_calls` (the file uses it)."""
+    fixed, cands = _release_candidates(acquire)
+    if fixed is not None:
+        return fixed
+    return tuple(c for c in cands if c in known_calls) if cands else ()
+
+
+@functools.lru_cache(maxsize=16384)
+def _release_candidates(acquire: str) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """(the releases of a known pair, or None; the name-derived candidates)."""
     if acquire.startswith(SELF_RELEASING_PREFIXES):
-        return ()
+        return (), ()
     if acquire.startswith("pm_runtime_get") or acquire == "pm_runtime_resume_and_get":
-        return RELEASE_PAIRS["pm_runtime_get"]
+        return RELEASE_PAIRS["pm_runtime_get"], ()
     if acquire in RELEASE_PAIRS:
-        return RELEASE_PAIRS[acquire]
+        return RELEASE_PAIRS[acquire], ()
     cands: list[str] = []
     if acquire.startswith("register_"):
         cands = ["unregister_" + acquire[len("register_"):]]
@@ -173,7 +182,7 @@ def release_names(acquire: str, known_calls: set[str] | frozenset = frozenset())
         cands = [stem + "_free", stem + "_destroy", stem + "_put", stem + "_release"]
     elif acquire.endswith("_create") and len(acquire) > 7:
         cands = [acquire[:-7] + "_destroy"]
-    return tuple(c for c in cands if c in known_calls)
+    return None, tuple(cands)
 
 
 # Ops-table members: acquire side -> members that undo it.

@@ -312,3 +312,28 @@ def parse(diff: str) -> PatchDiff:
             fd.hunks.append(hunk)
         result.files.append(fd)
     return result
+
+
+_NEW_FILE_DIFF = re.compile(rb"^diff --git a/\S+ b/(\S+)\nnew file mode [0-7]+\nindex [0-9a-f]+\.\.[0-9a-f]+\n"
+                            rb"--- /dev/null\n\+\+\+ b/\S+\n@@ -0,0 \+1(?:,(\d+))? @@[^\n]*\n", re.M)
+
+
+def whole_new_files(mbox: bytes) -> list[tuple[str, str]]:
+    """(path, text) of the files a raw mbox adds whole, as `git apply`
+    would write them when the mail is plain 8-bit text.  A guess made
+    before the mail is parsed (the rule process works ahead on it): only
+    ever a key into caches, never a source of findings."""
+    out = []
+    for m in _NEW_FILE_DIFF.finditer(mbox):
+        n, pos, lines = int(m.group(2) or 1), m.end(), []
+        while len(lines) < n and mbox.startswith(b"+", pos):
+            end = mbox.find(b"\n", pos)
+            if end < 0:
+                break
+            lines.append(mbox[pos + 1:end + 1])
+            pos = end + 1
+        if len(lines) == n:
+            out.append((m.group(1).decode("utf-8", "replace"), b"".join(lines).decode("utf-8", "replace")))
+        if len(out) >= 64:
+            break
+    return out

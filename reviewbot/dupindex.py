@@ -606,7 +606,7 @@ def _cached_segments(cache: Path, tree: str) -> "tuple[_Segment, _Segment | None
     return _segment(base), seg
 
 
-def warm(tree: str) -> None:
+def warm(tree: str) -> "DupIndex | None":
     """Load the cached index of TREE's HEAD, if there is one (done ahead of
     a review, in the rule process, while the series is being applied)."""
     try:
@@ -621,8 +621,10 @@ def warm(tree: str) -> None:
                     if seg is not None:
                         _populate(seg.hash)     # every lookup searches it
                 idx._blob_reader()              # git cat-file started, its pack index read
+            return idx
     except (RuntimeError, OSError, ValueError):
         pass
+    return None
 
 
 def _populate(arr: np.ndarray) -> None:
@@ -707,6 +709,7 @@ class DupIndex:
         self.meta = (delta or base).meta
         self._reader: BlobReader | None = None
         self._fetched: dict[str, str | None] = {}
+        self._asked: dict = {}
         self._dead = set(int(x) for x in delta.dead) if delta is not None else set()
 
     # -- opening / building
@@ -805,6 +808,12 @@ class DupIndex:
         if not nq:
             return []
         lens = np.array([len(f) for f in fps_list], dtype=np.int64)
+        # the same question twice (asked ahead from the raw mail, then by
+        # the review): answered once
+        key = (lens.tobytes(), b"".join(np.asarray(f, dtype=np.uint32).tobytes() for f in fps_list),
+               tuple(min_shared), limit, max_postings)
+        if key in self._asked:
+            return [list(x) for x in self._asked[key]]
         allf = np.concatenate(fps_list).astype(np.uint32) if lens.sum() else np.zeros(0, np.uint32)
         qof = np.repeat(np.arange(nq, dtype=np.uint64), lens)
         keys = [seg.lookup_keyed(allf, qof, max_postings)
@@ -828,7 +837,8 @@ class DupIndex:
             if len(got) >= limit or f in self._dead:
                 continue
             got.append((self.func(f), n))
-        return out
+        self._asked = {key: out}
+        return [list(x) for x in out]
 
     def func(self, fid: int) -> Func:
         seg = self.base
@@ -850,10 +860,15 @@ class DupIndex:
         return None if data is None else data.decode("utf-8", errors="replace")
 
     def prefetch(self, blobs: list[str]) -> None:
-        """Read BLOBS in one exchange with git; read_blob() takes them from
-        here until the next prefetch()."""
-        self._fetched = {b: None if data is None else data.decode("utf-8", errors="replace")
-                         for b, data in self._blob_reader().read_many(blobs)} if blobs else {}
+        """Read BLOBS in one exchange with git (those not read by the last
+        prefetch); read_blob() takes them from here until the next one."""
+        have = self._fetched
+        todo = [b for b in blobs if b not in have]
+        got = {b: have[b] for b in blobs if b in have}
+        if todo:
+            got.update((b, None if data is None else data.decode("utf-8", errors="replace"))
+                       for b, data in self._blob_reader().read_many(todo))
+        self._fetched = got
 
     def _blob_reader(self) -> BlobReader:
         if self._reader is None:

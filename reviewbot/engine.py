@@ -24,7 +24,7 @@ from importlib.metadata import distributions
 from typing import Iterable
 
 from . import cparse
-from .diffmodel import FileDiff, PatchDiff
+from .diffmodel import FileDiff, PatchDiff, whole_new_files
 from .findings import Finding, Location
 
 log = logging.getLogger(__name__)
@@ -136,11 +136,22 @@ class Rule:
     # about as much as the others together (the duplicated-code search):
     # run() may run such rules in a forked process next to the rest.
     own_process: bool = False
+    # True for a rule that may also run in that process when the series
+    # only adds whole files: their parse trees are made there ahead of time
+    # (from the raw mail), so the rule costs that process no parse, and it
+    # runs while this one parses.
+    offload: bool = False
 
     def prepare(self, tree: str | None) -> None:
         """Load what the rule needs (modules, the index of TREE) ahead of
         the review: called in the process an own-process rule will run in,
         while the main process is still applying the series."""
+
+    def preview(self, mbox: bytes) -> None:
+        """Work ahead on the raw mail of the series (untrusted, unparsed),
+        in the same process and time as prepare(): whatever it computes
+        may only serve as a cache for check_patch(), never change its
+        findings."""
 
     def check_patch(self, ctx: PatchContext) -> Iterable[Finding]:
         return ()
@@ -228,6 +239,13 @@ def run(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None =
     return start(rules, contexts, only, prefork=Prefork(rules, _added_c_lines(contexts), only)).finish()
 
 
+def _only_new_files(contexts: list[PatchContext]) -> bool:
+    """The series' C files are all added whole (what the rule process
+    parses ahead of time)."""
+    files = [fv for c in contexts for fv in c.c_files()]
+    return bool(files) and all(fv.diff.is_new for fv in files)
+
+
 def _selected(rules: list[Rule], only: set[str] | None) -> list[Rule]:
     return [r for r in rules if not only or r.code in only or r.name in only]
 
@@ -247,7 +265,15 @@ class Run:
         self.child = None
         if prefork is not None:
             if self.side and self.main:
+                if _only_new_files(contexts):
+                    moved = [r for r in self.main if r.offload]
+                    if moved and len(moved) < len(self.main):
+                        self.side = self.side + moved
+                        self.main = [r for r in self.main if not r.offload]
                 self.child = prefork.hand(self.side, contexts)
+                if self.child is None:      # no child after all: everything here
+                    self.side = [r for r in self.selected if r.own_process]
+                    self.main = [r for r in self.selected if not r.own_process]
             prefork.cancel()        # not used (or already handed over): let it go
 
     def cancel(self) -> None:
@@ -289,7 +315,9 @@ class Prefork:
         self.child: _Child | None = None
         self.to_child: int | None = None
         self.mem: int | None = None
+        self.mem_end = 0
         self.side: list[Rule] | None = None
+        self.rules: list[Rule] | None = None
         if rules is None:           # early(): the child finds the rules itself
             if _may_fork():
                 self._fork()
@@ -310,14 +338,15 @@ class Prefork:
         return self
 
     def _worth_it(self, rules: list[Rule], added_c_lines: int) -> bool:
-        selected = _selected(rules, self.only)
-        self.side = [r for r in selected if r.own_process]
-        return bool(self.side) and len(self.side) < len(selected) and added_c_lines >= FORK_MIN_ADDED
+        self.rules = _selected(rules, self.only)
+        self.side = [r for r in self.rules if r.own_process]
+        return bool(self.side) and len(self.side) < len(self.rules) and added_c_lines >= FORK_MIN_ADDED
 
     def _fork(self) -> None:
-        # The contexts go through an anonymous memory file (the child may
-        # still be importing when they are ready: a pipe would make us wait
-        # for it); the pipe only says how many bytes, or closes empty.
+        # The raw mail and then the contexts go through an anonymous memory
+        # file (the child may still be importing when they are ready: a
+        # pipe would make us wait for it); the pipe only says where they
+        # are ("P|C offset length" lines), or closes.
         fds = []
         try:
             mem = os.memfd_create("reviewbot-contexts", os.MFD_CLOEXEC)
@@ -343,12 +372,14 @@ class Prefork:
         os.close(r1)
         os.close(w2)
         self.mem = mem
+        self.mem_end = 0
         self.to_child = w1
         self.child = _Child(pid, r2)
 
     def _child(self, r1: int, w2: int, mem: int) -> None:
-        if self.side is None:
-            self.side = [r for r in _selected(discover(), self.only) if r.own_process]
+        if self.rules is None:
+            self.rules = _selected(discover(), self.only)
+            self.side = [r for r in self.rules if r.own_process]
         for r in self.side:
             try:
                 r.prepare(self.tree)
@@ -357,61 +388,98 @@ class Prefork:
         # the classes the contexts are made of, loaded while we wait for them
         importlib.import_module(f"{__package__}.series")
         with os.fdopen(r1, "rb") as f:
-            head = f.read()
-        if not head:
-            return                      # cancelled
-        size = int(head)
-        parts, got = [], 0
-        while got < size:
-            b = os.pread(mem, size - got, got)
-            if not b:
-                raise EOFError
-            parts.append(b)
-            got += len(b)
+            while True:
+                head = f.readline().split()
+                if len(head) != 3:
+                    return              # cancelled
+                data = _read_at(mem, int(head[1]), int(head[2]))
+                if head[0] == b"P":
+                    self._preview_here(data)
+                    continue
+                break
         os.close(mem)
         gc.disable()                    # a big unpickle: no collections in between
-        contexts, codes = pickle.loads(b"".join(parts))
-        _child_run(w2, [r for r in self.side if r.code in codes], contexts)
+        contexts, codes = pickle.loads(data)
+        _child_run(w2, [r for r in self.rules if r.code in codes], contexts)
 
-    def hand(self, rules: list[Rule], contexts: list[PatchContext]) -> "_Child | None":
-        """Give the child the contexts; its result() is then that of RULES."""
-        child, fd, mem = self.child, self.to_child, self.mem
-        if child is None or fd is None or mem is None:
-            return None
-        self.child = self.to_child = self.mem = None
-        was = gc.isenabled()
-        gc.disable()                # pickling makes no garbage worth a full collection
+    def _preview_here(self, mbox: bytes) -> None:
+        """In the child: the files the mail adds whole are parsed (for the
+        rules it may be given, see Rule.offload), and the own-process rules
+        work ahead (Rule.preview)."""
         try:
-            data = pickle.dumps((contexts, [r.code for r in rules]), protocol=pickle.HIGHEST_PROTOCOL)
-            view, done = memoryview(data), 0
-            while done < len(data):
-                done += os.pwrite(mem, view[done:], done)
-        except Exception as exc:
-            log.debug("cannot hand the contexts over: %s", exc)
-            os.close(fd)
-            child.kill()
-            return None
-        finally:
-            os.close(mem)
-            if was:
-                gc.enable()
+            if any(r.offload for r in self.rules):
+                for path, text in whole_new_files(mbox):
+                    if path.endswith((".c", ".h")):
+                        cparse.warm(cparse.parse(text))
+        except Exception:
+            pass
+        for r in self.rules:
+            if r.own_process or r.offload:
+                try:
+                    r.preview(mbox)
+                except Exception:
+                    pass
+
+    def preview(self, mbox: bytes) -> None:
+        """Let the child's rules work ahead on the raw mail (Rule.preview)."""
+        if self.child is not None and self.to_child is not None and self.mem is not None:
+            try:
+                sent = self._send(b"P", mbox)
+            except OSError as exc:
+                log.debug("cannot hand the mail over: %s", exc)
+                sent = False
+            if not sent:
+                self.cancel()
+
+    def _send(self, kind: bytes, data: bytes) -> bool:
+        """DATA into the memory file, then a line saying where it is."""
+        off = self.mem_end
+        view, done = memoryview(data), 0
+        while done < len(data):
+            done += os.pwrite(self.mem, view[done:], off + done)
+        self.mem_end = off + len(data)
         # a child that died before reading must not take this process with
         # it: the CLI lets SIGPIPE kill (for `| head`)
         old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(str(len(data)).encode())
-        except BaseException as exc:
-            log.debug("handing the rules to the child failed: %s", exc)
-            child.kill()
-            if not isinstance(exc, Exception):
-                raise
-            return None
+            os.write(self.to_child, b"%s %d %d\n" % (kind, off, len(data)))
+            return True
+        except OSError as exc:
+            log.debug("the rule process is gone: %s", exc)
+            return False
         finally:
             signal.signal(signal.SIGPIPE, old_pipe)
+
+    def hand(self, rules: list[Rule], contexts: list[PatchContext]) -> "_Child | None":
+        """Give the child the contexts; its result() is then that of RULES."""
+        child = self.child
+        if child is None or self.to_child is None or self.mem is None:
+            return None
+        was = gc.isenabled()
+        gc.disable()                # pickling makes no garbage worth a full collection
+        try:
+            data = pickle.dumps((contexts, [r.code for r in rules]), protocol=pickle.HIGHEST_PROTOCOL)
+            sent = self._send(b"C", data)
+        except Exception as exc:
+            log.debug("cannot hand the contexts over: %s", exc)
+            sent = False
+        finally:
+            if was:
+                gc.enable()
+        self.child = None           # the Run has it now (or nobody)
+        self._close_fds()
+        if not sent:
+            child.kill()
+            return None
         return child
 
     def cancel(self) -> None:
+        self._close_fds()
+        if self.child is not None:
+            self.child.kill()
+            self.child = None
+
+    def _close_fds(self) -> None:
         for name in ("to_child", "mem"):
             fd = getattr(self, name)
             if fd is not None:
@@ -420,9 +488,6 @@ class Prefork:
                 except OSError:
                     pass
                 setattr(self, name, None)
-        if self.child is not None:
-            self.child.kill()
-            self.child = None
 
 
 def _merge(results, selected: list[Rule]):
@@ -532,6 +597,17 @@ def _in_child(body, close: tuple[int, ...] = ()) -> None:
         pass
     finally:
         os._exit(code)
+
+
+def _read_at(fd: int, off: int, size: int) -> bytes:
+    parts, got = [], 0
+    while got < size:
+        b = os.pread(fd, size - got, off + got)
+        if not b:
+            raise EOFError
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
 
 
 def _child_run(w: int, rules: list[Rule], contexts: list[PatchContext]) -> None:

@@ -109,6 +109,8 @@ def _collector_paused():
 
 def _review_all(data, opts, want_msgid, timer, progress, early) -> Result:
     timer = timer or _Timer()
+    if early is not None:
+        early.preview(data)     # the rule process starts on the raw mail now
     with timer("rules"):
         rules = engine.discover()
         # A big series: the duplicated-code search gets its process now
@@ -116,8 +118,11 @@ def _review_all(data, opts, want_msgid, timer, progress, early) -> Result:
         # while we assemble, apply and parse.  (How big, from the raw
         # mail: added lines, any file.)
         added = data.count(b"\n+") - data.count(b"\n+++")
-        prefork = (early.adopt(rules, added) if early is not None else
-                   engine.Prefork(rules, added, opts.only_rules, tree=opts.tree))
+        if early is not None:
+            prefork = early.adopt(rules, added)
+        else:
+            prefork = engine.Prefork(rules, added, opts.only_rules, tree=opts.tree)
+            prefork.preview(data)
     try:
         return _review_mbox(data, opts, want_msgid, timer, progress, rules, prefork)
     finally:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from reviewbot import cparse
+from reviewbot.diffmodel import whole_new_files
 from reviewbot.lazy import LazyPattern
 
 # ---------------------------------------------------------------------------
@@ -946,6 +947,37 @@ def image(fv, which: str) -> ImageInfo:
         info = _image(tree, _shown_lines(fv, which == "post"))
     per[which] = info
     return info
+
+
+def warm(tree) -> None:
+    """The analysis of a whole image done ahead of the rules (the rule
+    process, working ahead on the files a series adds whole): which
+    functions may hold a lock, their lock flows, every summary.  Kept with
+    the tree, where image() finds it."""
+    m = cparse._memo(tree.root_node)
+    info = m.get("_lockflow.image")
+    if info is None:
+        info = m["_lockflow.image"] = _image(tree, None)
+    for f in info.functions:
+        if may_lock(info, f.name):
+            flow_of(info, f.name)
+        info.summaries.get(f.name)
+
+
+def preview(mbox: bytes) -> None:
+    """warm() the C files a raw mail adds whole (Rule.preview of the
+    locking rules; once per mail)."""
+    global _PREVIEWED
+    key = hash(mbox)
+    if key == _PREVIEWED:
+        return
+    _PREVIEWED = key
+    for path, text in whole_new_files(mbox):
+        if path.endswith((".c", ".h")):
+            warm(cparse.parse(text))
+
+
+_PREVIEWED = None
 
 
 def _image(tree, shown: set[int] | None) -> ImageInfo:

@@ -84,6 +84,7 @@ class AcquireWithoutRelease(Rule):
     code = "REL003"
     name = "acquire-without-release"
     family = "missing-release"
+    offload = True          # reads the whole-file facts cparse.warm() makes ahead
     severity = "warning"
     confidence = "medium"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
+from reviewbot.diffmodel import whole_new_files
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 from reviewbot.lazy import LazyModule
@@ -67,12 +68,27 @@ class DuplicatedCode(Rule):
         self._units: dict[int, list[tuple[object, dx.Unit]]] = {}
         self._postings = None
         self._old_funcs = None
+        self._warm = None
 
     def prepare(self, tree: str | None) -> None:
         if tree:
-            dx.warm(tree)       # imports numpy and the index module, loads the index
+            self._warm = dx.warm(tree)   # imports numpy and the index module, loads the index
         else:
             dx.K                # imports numpy and the index module
+
+    def preview(self, mbox: bytes) -> None:
+        """The files the series adds whole are all in the mail: their units
+        are tokenised and fingerprinted, and looked up in the index of the
+        tree's HEAD, ahead of the review (which then finds them in the
+        caches, keyed by the text and the fingerprints)."""
+        touched = dict(whole_new_files(mbox))
+        for path, post in touched.items():
+            if path.startswith(SKIP_PREFIXES) or not path.endswith((".c", ".h")):
+                continue
+            units = dx.added_units(path, post, set(range(1, post.count("\n") + 1)), MIN_TOKENS)
+            _prime_fps([u.codes for u in units])
+            if self._warm is not None and units:
+                self._tree_candidates(units, self._warm, touched)
 
     def check_patch(self, ctx: PatchContext):
         series_units = self._series_units(ctx)
@@ -81,7 +97,7 @@ class DuplicatedCode(Rule):
             return
         idx = dx.index_for(ctx.tree_path, ctx.base)
         dir_cache: dict[str, list] = {}
-        cands = self._tree_candidates(ctx, mine, idx) if idx is not None else {}
+        cands = self._tree_candidates(mine, idx, _final_images(ctx)) if idx is not None else {}
         for unit in mine:
             twin = self._in_series(ctx, unit, series_units) or self._in_file(ctx, unit)
             if twin is None and ctx.tree_path and ctx.base:
@@ -175,14 +191,13 @@ class DuplicatedCode(Rule):
             got = self._old_funcs = (fv, funcs)
         return got[1]
 
-    def _tree_candidates(self, ctx, units, idx) -> dict[int, list]:
+    def _tree_candidates(self, units, idx, touched: dict[str, str]) -> dict[int, list]:
         """id(unit) -> the index's candidate twins of each unit (the 25
         functions sharing the most fingerprints with it, at least a
         quarter of its own), looked up for all units at once; the files
         holding them are read in one go too."""
         fps = [_fps(u.codes) for u in units]
         found = idx.query_many(fps, [max(3, len(f) // 4) for f in fps], 25)
-        touched = _final_images(ctx)
         out, blobs = {}, set()
         for unit, hits in zip(units, found):
             udir = os.path.dirname(unit.path)

@@ -52,6 +52,10 @@ class LockImbalance(Rule):
     code = "LCK002"
     name = "lock-imbalance"
     family = "locking"
+    offload = True          # shares the lock flows with the other LCK rules
+
+    def preview(self, mbox: bytes) -> None:
+        lf.preview(mbox)
     severity = "error"
     confidence = "high"
 

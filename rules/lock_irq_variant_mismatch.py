@@ -65,6 +65,10 @@ class LockIrqVariantMismatch(Rule):
     code = "LCK004"
     name = "lock-irq-variant-mismatch"
     family = "locking"
+    offload = True          # shares the lock flows with the other LCK rules
+
+    def preview(self, mbox: bytes) -> None:
+        lf.preview(mbox)
     severity = "warning"
     confidence = "low"
 

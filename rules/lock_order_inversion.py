@@ -125,6 +125,10 @@ class LockOrderInversion(Rule):
     code = "LCK001"
     name = "lock-order-inversion"
     family = "locking"
+    offload = True          # shares the lock flows with the other LCK rules
+
+    def preview(self, mbox: bytes) -> None:
+        lf.preview(mbox)
     severity = "error"
     confidence = "high"
 

@@ -74,6 +74,7 @@ class OpsMissingRelease(Rule):
     code = "REL001"
     name = "ops-missing-release"
     family = "missing-release"
+    offload = True          # reads the whole-file facts cparse.warm() makes ahead
     severity = "warning"
     confidence = "medium"
 

@@ -54,6 +54,7 @@ class SavedCallbackNotRestored(Rule):
     code = "REL002"
     name = "saved-callback-not-restored"
     family = "missing-release"
+    offload = True          # reads the whole-file facts cparse.warm() makes ahead
     severity = "warning"
     confidence = "medium"
 

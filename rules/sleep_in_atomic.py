@@ -51,6 +51,10 @@ class SleepInAtomic(Rule):
     code = "LCK003"
     name = "sleep-in-atomic"
     family = "locking"
+    offload = True          # shares the lock flows with the other LCK rules
+
+    def preview(self, mbox: bytes) -> None:
+        lf.preview(mbox)
     severity = "error"
     confidence = "high"
 

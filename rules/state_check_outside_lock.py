@@ -86,6 +86,10 @@ class StateCheckOutsideLock(Rule):
     code = "LCK005"
     name = "state-check-outside-lock"
     family = "locking"
+    offload = True          # shares the lock flows with the other LCK rules
+
+    def preview(self, mbox: bytes) -> None:
+        lf.preview(mbox)
     severity = "warning"
     confidence = "medium"
 

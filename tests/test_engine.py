@@ -283,3 +283,67 @@ def test_a_rule_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
     finally:
         sys.modules.pop("rb_plugin_demo", None)
         engine._discover.cache_clear()
+
+
+def _whole_file_mbox(tmp_path, path: str) -> pathlib.Path:
+    from support.ktree import KernelSourceMissing, kernel_files
+    try:
+        text = kernel_files([path])[path].decode()
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+    lines = text.split("\n")[:-1]
+    diff = (f"diff --git a/{path} b/{path}\nnew file mode 100644\nindex 0000000..1111111\n"
+            f"--- /dev/null\n+++ b/{path}\n@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{ln}\n" for ln in lines))
+    mbox = tmp_path / "whole.mbox"
+    mbox.write_text("From: A <a@example.org>\nSubject: [PATCH] add a file\nMessage-ID: <w@example.org>\n"
+                    f"Date: Mon, 2 Jan 2023 00:00:00 +0000\n\nadd\n---\n{diff}-- \n2.39.0\n")
+    return mbox
+
+
+def test_offloaded_rules_run_in_the_child_for_a_series_of_whole_files(tmp_path, monkeypatch):
+    """A series that only adds whole files: rules marked offload run in the
+    rule process too (on trees it parsed ahead from the raw mail)."""
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    mbox = _whole_file_mbox(tmp_path, "fs/dcache.c")
+
+    class _Off(_PidRule):
+        offload = True
+    rules = [_PidRule("TST001", False), _Off("TST003", False), _PidRule("TST002", True)]
+    seen = []
+    orig = engine.start
+
+    def spy(rules_, contexts, only=None, prefork=None):
+        seen.append(contexts)
+        return orig(rules_, contexts, only, prefork=prefork)
+    monkeypatch.setattr(review.engine, "start", spy)
+    review_mbox(mbox.read_bytes(), Options())
+    monkeypatch.setattr(engine, "discover", lambda: list(rules))
+    early = engine.Prefork.early()
+    early.preview(mbox.read_bytes())
+    per_patch, _, notes = orig(rules, seen[0], prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
+    pids = _pids(per_patch)
+    assert pids["TST001"] == os.getpid() and notes == []
+    assert pids["TST002"] != os.getpid() and pids["TST003"] == pids["TST002"]
+
+
+def test_a_review_of_whole_files_is_the_same_with_the_rules_offloaded(tmp_path):
+    """`reviewbot review` of a whole real file added (fs/dcache.c: locking
+    findings): the same JSON whether the locking and release rules ran in
+    the rule process or here."""
+    import json
+    import subprocess
+    import sys
+    mbox = _whole_file_mbox(tmp_path, "fs/dcache.c")
+    outs = []
+    for jobs in ("", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "REVIEWBOT_JOBS"}
+        if jobs:
+            env["REVIEWBOT_JOBS"] = jobs
+        proc = subprocess.run([sys.executable, "-c", "from reviewbot.cli import main; main()", "review",
+                               str(mbox), "--format", "json"], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout)
+        got.pop("timings", None)
+        outs.append(got)
+    assert outs[0] == outs[1]
+    assert any(f["rule"] == "LCK003" for p in outs[0]["patches"] for f in p["findings"])

@@ -315,7 +315,7 @@ def parse(diff: str) -> PatchDiff:
 
 
 _NEW_FILE_DIFF = re.compile(rb"^diff --git a/\S+ b/(\S+)\nnew file mode [0-7]+\nindex [0-9a-f]+\.\.[0-9a-f]+\n"
-                            rb"--- /dev/null\n\+\+\+ b/\S+\n@@ -0,0 \+1(?:,(\d+))? @@[^\n]*\n", re.M)
+                            rb"--- /dev/null\n\+\+\+ b/\S+\n@@ -0,0 \+1(?:,(\d{1,9}))? @@[^\n]*\n", re.M)
 
 
 def whole_new_files(mbox: bytes) -> list[tuple[str, str]]:

@@ -253,8 +253,10 @@ def _selected(rules: list[Rule], only: set[str] | None) -> list[Rule]:
 class Run:
     """Rules started on a series: start() hands the own-process rules to the
     child process of a Prefork made earlier, if there is one; they need no
-    parse trees, so the review parses while they run.  finish() runs the
-    others here and gathers everything."""
+    parse trees, so the review parses while they run.  When the series
+    only adds whole files, the offload rules go there too (that process
+    parsed those files ahead, from the raw mail).  finish() runs the others
+    here and gathers everything."""
 
     def __init__(self, rules: list[Rule], contexts: list[PatchContext], only: set[str] | None,
                  prefork: "Prefork | None" = None):
@@ -303,10 +305,12 @@ def start(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None
 class Prefork:
     """A child process forked before the series is applied: it runs the
     own-process rules' prepare() (numpy and the tree index for the
-    duplicated-code search) while this process applies and builds the
-    contexts, then gets them (pickled, through a memfd) and runs the rules.
-    Made only where a fork would be (Linux, REVIEWBOT_JOBS unset, enough
-    added lines); any failure leaves the rules to this process."""
+    duplicated-code search) and, once the raw mail is in, their preview()
+    (and that of the offload rules), while this process assembles, applies
+    and builds the contexts; then it gets them (pickled, through a memfd)
+    and runs the rules it is given.  Made only where a fork would be
+    (Linux, REVIEWBOT_JOBS unset, enough added lines); any failure leaves
+    the rules to this process."""
 
     def __init__(self, rules: list[Rule] | None, added_c_lines: int = 0, only: set[str] | None = None,
                  tree: str | None = None):

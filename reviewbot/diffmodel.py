@@ -322,7 +322,19 @@ def whole_new_files(mbox: bytes) -> list[tuple[str, str]]:
     """(path, text) of the files a raw mbox adds whole, as `git apply`
     would write them when the mail is plain 8-bit text.  A guess made
     before the mail is parsed (the rule process works ahead on it): only
-    ever a key into caches, never a source of findings."""
+    ever a key into caches, never a source of findings.  (The last mail's
+    answer is kept: several rules ask.)"""
+    if _LAST_NEW[0] is mbox:
+        return list(_LAST_NEW[1])
+    out = _whole_new_files(mbox)
+    _LAST_NEW[:] = [mbox, out]
+    return list(out)
+
+
+_LAST_NEW: list = [None, []]
+
+
+def _whole_new_files(mbox: bytes) -> list[tuple[str, str]]:
     out = []
     for m in _NEW_FILE_DIFF.finditer(mbox):
         n, pos, lines = int(m.group(2) or 1), m.end(), []

@@ -11,6 +11,7 @@ import pytest
 from reviewbot import engine, review
 from reviewbot.review import Options, review_mbox
 
+from support.ktree import KernelSourceMissing, new_file_diff, review_json, whole_file_mbox
 from test_rule_fixtures import FIXTURES, _make_tree
 
 
@@ -227,33 +228,18 @@ def test_the_cli_review_is_the_same_with_its_early_child(tmp_path):
     DUP001 fixture with a whole real file added) gives the same JSON as a
     review in one process, DUP001's findings included (the copy's functions
     are twins of the original's)."""
-    import json
-    import subprocess
-    import sys
     mbox = next((FIXTURES / "DUP001").glob("bad-*.mbox"))
     tree = _make_tree(mbox.parent / (mbox.stem.split("-", 1)[1] + ".tree"), tmp_path / "tree")
     big = next(p for p in sorted(pathlib.Path(tree).rglob("*.c")) if p.read_text().count("\n") > 400)
-    lines = big.read_text().split("\n")[:-1]
     copy = str(big.relative_to(tree).with_name("copy_of_" + big.name))
-    extra = (f"diff --git a/{copy} b/{copy}\nnew file mode 100644\nindex 0000000..1111111\n"
-             f"--- /dev/null\n+++ b/{copy}\n@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{ln}\n" for ln in lines))
     text = mbox.read_text()
     cut = text.index("\n-- \n") if "\n-- \n" in text else len(text.rstrip("\n"))
-    (tmp_path / "big.mbox").write_text(text[:cut].rstrip("\n") + "\n" + extra + text[cut:])
-    outs = []
-    for jobs in ("", "1"):
-        env = {k: v for k, v in os.environ.items() if k != "REVIEWBOT_JOBS"}
-        if jobs:
-            env["REVIEWBOT_JOBS"] = jobs
-        proc = subprocess.run([sys.executable, "-c", "from reviewbot.cli import main; main()", "review",
-                               str(tmp_path / "big.mbox"), "--tree", str(tree), "--format", "json"],
-                              capture_output=True, text=True, env=env)
-        assert proc.returncode == 0, proc.stderr
-        got = json.loads(proc.stdout)
-        got.pop("timings", None)
-        outs.append(got)
-    assert outs[0] == outs[1]
-    dups = [f for p in outs[0]["patches"] for f in p["findings"] if f["rule"] == "DUP001"]
+    (tmp_path / "big.mbox").write_text(text[:cut].rstrip("\n") + "\n" + new_file_diff(copy, big.read_text())
+                                       + text[cut:])
+    args = [str(tmp_path / "big.mbox"), "--tree", str(tree)]
+    forked, serial = review_json(args), review_json(args, REVIEWBOT_JOBS="1")
+    assert forked == serial
+    dups = [f for p in forked["patches"] for f in p["findings"] if f["rule"] == "DUP001"]
     assert any(f["path"] == copy for f in dups) and len(dups) > 1
 
 
@@ -286,18 +272,10 @@ def test_a_rule_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
 
 
 def _whole_file_mbox(tmp_path, path: str) -> pathlib.Path:
-    from support.ktree import KernelSourceMissing, kernel_files
     try:
-        text = kernel_files([path])[path].decode()
+        return whole_file_mbox(tmp_path / "whole.mbox", path)
     except KernelSourceMissing as exc:   # pragma: no cover
         pytest.skip(str(exc))
-    lines = text.split("\n")[:-1]
-    diff = (f"diff --git a/{path} b/{path}\nnew file mode 100644\nindex 0000000..1111111\n"
-            f"--- /dev/null\n+++ b/{path}\n@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{ln}\n" for ln in lines))
-    mbox = tmp_path / "whole.mbox"
-    mbox.write_text("From: A <a@example.org>\nSubject: [PATCH] add a file\nMessage-ID: <w@example.org>\n"
-                    f"Date: Mon, 2 Jan 2023 00:00:00 +0000\n\nadd\n---\n{diff}-- \n2.39.0\n")
-    return mbox
 
 
 def test_offloaded_rules_run_in_the_child_for_a_series_of_whole_files(tmp_path, monkeypatch):
@@ -330,20 +308,7 @@ def test_a_review_of_whole_files_is_the_same_with_the_rules_offloaded(tmp_path):
     """`reviewbot review` of a whole real file added (fs/dcache.c: locking
     findings): the same JSON whether the locking and release rules ran in
     the rule process or here."""
-    import json
-    import subprocess
-    import sys
-    mbox = _whole_file_mbox(tmp_path, "fs/dcache.c")
-    outs = []
-    for jobs in ("", "1"):
-        env = {k: v for k, v in os.environ.items() if k != "REVIEWBOT_JOBS"}
-        if jobs:
-            env["REVIEWBOT_JOBS"] = jobs
-        proc = subprocess.run([sys.executable, "-c", "from reviewbot.cli import main; main()", "review",
-                               str(mbox), "--format", "json"], capture_output=True, text=True, env=env)
-        assert proc.returncode == 0, proc.stderr
-        got = json.loads(proc.stdout)
-        got.pop("timings", None)
-        outs.append(got)
-    assert outs[0] == outs[1]
-    assert any(f["rule"] == "LCK003" for p in outs[0]["patches"] for f in p["findings"])
+    args = [str(_whole_file_mbox(tmp_path, "fs/dcache.c"))]
+    forked, serial = review_json(args), review_json(args, REVIEWBOT_JOBS="1")
+    assert forked == serial
+    assert any(f["rule"] == "LCK003" for p in forked["patches"] for f in p["findings"])

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from reviewbot.review import Options, review_mbox
-from support.ktree import KernelSourceMissing, kernel_files, make_series, make_tree
+from support.ktree import (KernelSourceMissing, kernel_files, make_series, make_tree, review_json,
+                           whole_file_mbox)
 
 SOCKMAP = "net/core/sock_map.c"
 
@@ -240,29 +241,14 @@ def test_same_findings_whatever_the_hash_seed(tmp_path):
     (string hashing differs per process): dentry_kill() in fs/dcache.c
     reaches __dentry_kill() with d_lock taken on two paths (by
     __lock_parent() and by spin_lock()); every process must name the same."""
-    import subprocess
-    import sys
-    path = "fs/dcache.c"
     try:
-        text = kernel_files([path])[path].decode()
+        mbox = whole_file_mbox(tmp_path / "dcache.mbox", "fs/dcache.c")
     except KernelSourceMissing as exc:   # pragma: no cover
         pytest.skip(str(exc))
-    lines = text.split("\n")[:-1]
-    diff = (f"diff --git a/{path} b/{path}\nnew file mode 100644\nindex 0000000..1111111\n"
-            f"--- /dev/null\n+++ b/{path}\n@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{ln}\n" for ln in lines))
-    mbox = tmp_path / "dcache.mbox"
-    mbox.write_text("From: A <a@example.org>\nSubject: [PATCH] add dcache\nMessage-ID: <d@example.org>\n"
-                    f"Date: Mon, 2 Jan 2023 00:00:00 +0000\n\nadd\n---\n{diff}-- \n2.39.0\n")
-    outs = set()
+    outs = []
     for seed in ("1", "4", "5"):
-        env = dict(__import__("os").environ, PYTHONHASHSEED=seed, REVIEWBOT_JOBS="1")
-        proc = subprocess.run([sys.executable, "-c", "from reviewbot.cli import main; main()", "review",
-                               str(mbox), "--rule", "LCK003", "--format", "json"],
-                              capture_output=True, text=True, env=env)
-        assert proc.returncode == 0, proc.stderr
-        got = __import__("json").loads(proc.stdout)
-        got.pop("timings", None)
+        got = review_json([str(mbox), "--rule", "LCK003"], PYTHONHASHSEED=seed, REVIEWBOT_JOBS="1")
         findings = [f["message"] for p in got["patches"] for f in p["findings"]]
         assert any("dentry_kill() calls it with" in m for m in findings), findings
-        outs.add(repr(got))
-    assert len(outs) == 1
+        outs.append(got)
+    assert outs[0] == outs[1] == outs[2]

@@ -371,3 +371,36 @@ def build_full_tree(dest: Path | str | None = None, *, tarball: Path = TARBALL) 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return dest, base
+
+
+def new_file_diff(path: str, text: str) -> str:
+    """A git diff adding TEXT as the new file PATH."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return (f"diff --git a/{path} b/{path}\nnew file mode 100644\nindex 0000000..1111111\n"
+            f"--- /dev/null\n+++ b/{path}\n@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{ln}\n" for ln in lines))
+
+
+def whole_file_mbox(dest: Path, path: str) -> Path:
+    """An mbox at DEST of one patch adding the real kernel file PATH whole
+    (KernelSourceMissing without the tarball)."""
+    text = kernel_files([path])[path].decode()
+    dest.write_text("From: A <a@example.org>\nSubject: [PATCH] add a file\nMessage-ID: <w@example.org>\n"
+                    f"Date: Mon, 2 Jan 2023 00:00:00 +0000\n\nadd\n---\n{new_file_diff(path, text)}-- \n2.39.0\n")
+    return dest
+
+
+def review_json(args: list[str], **env: str) -> dict:
+    """`reviewbot review ARGS --format json` in a fresh process, with ENV
+    set (REVIEWBOT_JOBS unset unless given); the JSON without timings."""
+    import json
+    import sys
+    full = {k: v for k, v in os.environ.items() if k != "REVIEWBOT_JOBS"}
+    full.update(env)
+    proc = subprocess.run([sys.executable, "-c", "from reviewbot.cli import main; main()", "review",
+                           *args, "--format", "json"], capture_output=True, text=True, env=full)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    got.pop("timings", None)
+    return got

@@ -157,9 +157,9 @@ def walk(node: tree_sitter.Node):
 def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node]:
     """All descendants (and node itself) of one type (or of several,
     separated by blanks), in document order."""
-    types = node_type.split()
-    if node_type.startswith("(") or not all(t in CENSUS_TYPES for t in types):
+    if not _in_census(node_type):
         return _query_nodes_other(node, node_type)
+    types = node_type.split()
     root, item = _root_and_item(node)
     m = _memo_of_root(root)
     # the node types rules ask for are found together, by one query over
@@ -181,11 +181,17 @@ def query_nodes(node: tree_sitter.Node, node_type: str) -> list[tree_sitter.Node
     return _within(node, holder, *ready)
 
 
+def _in_census(node_type: str) -> bool:
+    """Whether query_nodes() answers NODE_TYPE from the census (a pattern
+    in parentheses, or a type outside it, has a query of its own)."""
+    return not node_type.startswith("(") and all(t in CENSUS_TYPES for t in node_type.split())
+
+
 def _found(node: tree_sitter.Node, node_type: str) -> bool:
     """Whether query_nodes(node, node_type) is a lookup already."""
     root, item = _root_and_item(node)
     m = _memo_of_root(root)
-    census = not node_type.startswith("(") and all(t in CENSUS_TYPES for t in node_type.split())
+    census = _in_census(node_type)
     if (("census", root.id) if census else ("type", node_type)) in m:
         return True
     if item is None:
@@ -659,10 +665,11 @@ def warm(tree: tree_sitter.Tree) -> None:
     struct_initializers(tree)
 
 
-def items_touching(tree: tree_sitter.Tree, lines) -> list[tree_sitter.Node]:
+def items_touching(tree: tree_sitter.Tree, lines, containing=None) -> list[tree_sitter.Node]:
     """The top-level items of a tree (children of the root) that span one of
     LINES (1-based), in order.  Every node whose first line is in LINES is
-    inside one of them."""
+    inside one of them.  CONTAINING (a bytes pattern): only the items whose
+    text it finds (a cheap test before a rule reads them node by node)."""
     if not lines:
         return []
     ls = sorted(lines)
@@ -670,6 +677,6 @@ def items_touching(tree: tree_sitter.Tree, lines) -> list[tree_sitter.Node]:
     for item in tree.root_node.children:
         a, b = item.start_point[0] + 1, item.end_point[0] + 1
         i = bisect.bisect_left(ls, a)
-        if i < len(ls) and ls[i] <= b:
+        if i < len(ls) and ls[i] <= b and (containing is None or containing.search(item.text or b"")):
             out.append(item)
     return out

@@ -663,25 +663,10 @@ class _Segment:
                                      np.load(ends, mmap_mode="r") if ends.exists() else None)
         return self._names
 
-    def lookup(self, fps: np.ndarray, max_postings: int) -> np.ndarray:
-        """Function ids (with repeats, one per shared fingerprint)."""
-        if len(self.hash) == 0 or len(fps) == 0:
-            return np.zeros(0, dtype=np.uint32)
-        lo = np.searchsorted(self.hash, fps, "left")
-        hi = np.searchsorted(self.hash, fps, "right")
-        n = hi - lo
-        keep = (n > 0) & (n <= max_postings)
-        lo, n = lo[keep], n[keep]
-        if not len(lo):
-            return np.zeros(0, dtype=np.uint32)
-        idx = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())
-        return np.asarray(self.fid[idx])
-
-
     def lookup_keyed(self, fps: np.ndarray, qof: np.ndarray, max_postings: int) -> np.ndarray:
-        """lookup() of many queries at once: FPS holds them all, QOF the
-        query of each fingerprint; gives (query << 32 | function id), one
-        per shared fingerprint."""
+        """The functions sharing fingerprints with many queries at once:
+        FPS holds them all, QOF the query of each fingerprint; gives
+        (query << 32 | function id), one per shared fingerprint."""
         if len(self.hash) == 0 or len(fps) == 0:
             return np.zeros(0, dtype=np.uint64)
         order = np.argsort(fps, kind="stable")     # sorted keys: numpy's search goes faster
@@ -778,27 +763,7 @@ class DupIndex:
         """Functions sharing at least MIN_SHARED fingerprints with FPS,
         most shared first."""
         fps = _sorted_unique(np.asarray(fps, dtype=np.uint32))
-        hits = [self.base.lookup(fps, max_postings)]
-        if self.delta is not None:
-            hits.append(self.delta.lookup(fps, max_postings))
-        allh = np.concatenate(hits)
-        if not len(allh):
-            return []
-        allh = np.sort(allh)
-        edge = np.flatnonzero(np.diff(allh)) + 1
-        starts = np.concatenate(([0], edge))
-        ids = allh[starts]
-        counts = np.diff(np.concatenate((starts, [len(allh)])))
-        order = np.argsort(-counts, kind="stable")
-        out = []
-        for i in order:
-            if counts[i] < min_shared:
-                break
-            fid = int(ids[i])
-            if fid in self._dead:
-                continue
-            out.append((self.func(fid), int(counts[i])))
-        return out
+        return self.query_many([fps], [min_shared], len(self), max_postings)[0]
 
     def query_many(self, fps_list: list[np.ndarray], min_shared: list[int], limit: int,
                    max_postings: int = MAX_POSTINGS) -> list[list[tuple[Func, int]]]:
@@ -950,10 +915,6 @@ class Unit:
     codes: np.ndarray
     lines: np.ndarray  # line of each token
     nlines: int        # non-trivial lines
-
-    @property
-    def fps(self) -> np.ndarray:
-        return fingerprints(self.codes)
 
 
 def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40,

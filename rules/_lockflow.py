@@ -966,18 +966,11 @@ def warm(tree) -> None:
 
 def preview(mbox: bytes) -> None:
     """warm() the C files a raw mail adds whole (Rule.preview of the
-    locking rules; once per mail)."""
-    global _PREVIEWED
-    key = hash(mbox)
-    if key == _PREVIEWED:
-        return
-    _PREVIEWED = key
+    locking rules: the first one does the work, the others find it done
+    in the memos)."""
     for path, text in whole_new_files(mbox):
         if path.endswith((".c", ".h")):
             warm(cparse.parse(text))
-
-
-_PREVIEWED = None
 
 
 def _image(tree, shown: set[int] | None) -> ImageInfo:

@@ -211,11 +211,8 @@ def _norm(text: str) -> str:
 def _adds_registration(tree, added) -> bool:
     """Whether a call _is_registration() starts on an added line (the items
     whose text cannot name one are not parsed for calls)."""
-    for item in cparse.items_touching(tree, added):
-        if _REGISTRATION_HINT.search(item.text or b""):
-            if any(c.line in added and _is_registration(c.name) for c in cparse.calls(item)):
-                return True
-    return False
+    return any(c.line in added and _is_registration(c.name)
+               for item in cparse.items_touching(tree, added, _REGISTRATION_HINT) for c in cparse.calls(item))
 
 
 # every name _is_registration() accepts holds one of these

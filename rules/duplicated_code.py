@@ -97,11 +97,12 @@ class DuplicatedCode(Rule):
             return
         idx = dx.index_for(ctx.tree_path, ctx.base)
         dir_cache: dict[str, list] = {}
-        cands = self._tree_candidates(mine, idx, _final_images(ctx)) if idx is not None else {}
+        touched = _final_images(ctx)
+        cands = self._tree_candidates(mine, idx, touched) if idx is not None else {}
         for unit in mine:
             twin = self._in_series(ctx, unit, series_units) or self._in_file(ctx, unit)
             if twin is None and ctx.tree_path and ctx.base:
-                twin = self._in_tree(ctx, unit, idx, dir_cache, cands.get(id(unit), ()))
+                twin = self._in_tree(ctx, unit, idx, dir_cache, cands.get(id(unit), ()), touched)
             if twin is None:
                 continue
             where, path, line, end, func, cov, same_dir = twin
@@ -214,8 +215,7 @@ class DuplicatedCode(Rule):
         idx.prefetch(sorted(blobs))
         return out
 
-    def _in_tree(self, ctx, unit, idx, dir_cache, cands):
-        touched = _final_images(ctx)
+    def _in_tree(self, ctx, unit, idx, dir_cache, cands, touched):
         udir = os.path.dirname(unit.path)
         if idx is not None:
             for func in cands:
@@ -359,7 +359,7 @@ def _calls_set(codes) -> set[int]:
 
 
 def _fps(codes):
-    """dx.fingerprints(codes) (Unit.fps), once per token array."""
+    """dx.fingerprints(codes) (a unit's fingerprints), once per token array."""
     return _derived("fpa", codes, dx.fingerprints)
 
 
@@ -371,7 +371,7 @@ def _prime_fps(seqs) -> None:
 
 
 def _fps_set(codes) -> set[int]:
-    """set(Unit.fps.tolist()) of a unit with these codes."""
+    """set(_fps(codes).tolist())."""
     return _derived("fps", codes, lambda c: set(_fps(c).tolist()))
 
 

@@ -207,11 +207,10 @@ def _may_touch_table(fv) -> bool:
     """False when no added line (in the post-image) and no removed line
     (in the pre-image) lies in a top-level item that could hold a table:
     then the patch touches no table (a cheap test before reading them all)."""
-    if any(_MEMBER_INIT.search(item.text or b"") for item in cparse.items_touching(fv.post_tree, fv.added_lines)):
+    if cparse.items_touching(fv.post_tree, fv.added_lines, _MEMBER_INIT):
         return True
     gone = rc.removed_old_lines(fv)
-    return bool(gone) and any(_MEMBER_INIT.search(item.text or b"")
-                              for item in cparse.items_touching(fv.pre_tree, gone))
+    return bool(gone) and bool(cparse.items_touching(fv.pre_tree, gone, _MEMBER_INIT))
 
 
 def _pre_touched(fv, pre) -> set:

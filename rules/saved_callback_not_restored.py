@@ -90,8 +90,7 @@ class SavedCallbackNotRestored(Rule):
 
 def _saves(tree, added: set[int]):
     """(line, saved member, source member, text) for `a->saved_x = b->x`."""
-    items = [item for item in cparse.items_touching(tree, added) if _PREFIX_HINT.search(item.text or b"")]
-    for n in (n for item in items
+    for n in (n for item in cparse.items_touching(tree, added, _PREFIX_HINT)
               for n in cparse.query_nodes(item, "assignment_expression call_expression")):
         left = right = None
         if n.type == "assignment_expression":

@@ -337,15 +337,17 @@ _LAST_NEW: list = [None, []]
 def _whole_new_files(mbox: bytes) -> list[tuple[str, str]]:
     out = []
     for m in _NEW_FILE_DIFF.finditer(mbox):
-        n, pos, lines = int(m.group(2) or 1), m.end(), []
-        while len(lines) < n and mbox.startswith(b"+", pos):
-            end = mbox.find(b"\n", pos)
-            if end < 0:
-                break
-            lines.append(mbox[pos + 1:end + 1])
-            pos = end + 1
-        if len(lines) == n:
-            out.append((m.group(1).decode("utf-8", "replace"), b"".join(lines).decode("utf-8", "replace")))
+        n = int(m.group(2) or 1)
+        run = _PLUS_LINES.match(mbox, m.end()).group()
+        parts = run.split(b"\n", n)        # the hunk's N lines, then the rest
+        if len(parts) <= n:
+            continue                        # fewer '+' lines than the header says
+        body = run[:len(run) - len(parts[n])]
+        text = (b"\n" + body).replace(b"\n+", b"\n")[1:]     # each line's '+' dropped
+        out.append((m.group(1).decode("utf-8", "replace"), text.decode("utf-8", "replace")))
         if len(out) >= 64:
             break
     return out
+
+
+_PLUS_LINES = re.compile(rb"(?:\+[^\n]*\n)*")

@@ -510,7 +510,9 @@ def _write(dirpath: Path, meta: dict, paths: list[tuple[str, str]], rows, names,
         blob = ("\n".join(names) + "\n").encode("utf-8", errors="replace")
         (tmp / "names.txt").write_bytes(blob)
         np.save(tmp / "names_end.npy", _line_ends(blob))
-        (tmp / "paths.txt").write_text("".join(f"{b} {p}\n" for b, p in paths))
+        blob = "".join(f"{b} {p}\n" for b, p in paths).encode("utf-8", errors="replace")
+        (tmp / "paths.txt").write_bytes(blob)
+        np.save(tmp / "paths_end.npy", _line_ends(blob))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if dirpath.exists():
             shutil.rmtree(dirpath)
@@ -538,12 +540,12 @@ class _Lines:
     """The lines of a text file by number, without splitting all of them
     (a review looks up a few of the tree's 55k paths and 450k names)."""
 
-    def __init__(self, data: bytes, ends: np.ndarray | None = None):
-        self._data = data
+    def __init__(self, data, ends: np.ndarray | None = None):
+        self._data = data           # bytes, or a read-only mmap of the file
         self._ends = ends if ends is not None else _line_ends(data)
 
     def __len__(self) -> int:
-        return len(self._ends) + (1 if self._data and not self._data.endswith(b"\n") else 0)
+        return len(self._ends) + (1 if len(self._data) and self._data[-1:] != b"\n" else 0)
 
     def line(self, i: int) -> str:
         if i < 0 or i >= len(self):
@@ -569,6 +571,15 @@ class _NameTable(_Lines):
 
     def __getitem__(self, i: int) -> str:
         return self.line(i)
+
+
+def _mapped(path: Path):
+    """The bytes of PATH, mapped (read-only) rather than read."""
+    with open(path, "rb") as f:
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:          # an empty file cannot be mapped
+            return f.read()
 
 
 def _line_ends(data: bytes) -> np.ndarray:
@@ -650,8 +661,10 @@ class _Segment:
         # mapped, not read (hundreds of MB); plain ndarray views index faster
         self.hash = np.load(d / "fp_hash.npy", mmap_mode="r").view(np.ndarray)
         self.fid = np.load(d / "fp_fid.npy", mmap_mode="r").view(np.ndarray)
-        self.funcs = np.load(d / "funcs.npy")
-        self.paths = _PathTable((d / "paths.txt").read_bytes())
+        self.funcs = np.load(d / "funcs.npy", mmap_mode="r").view(np.ndarray)
+        ends = d / "paths_end.npy"
+        self.paths = _PathTable(_mapped(d / "paths.txt"),
+                                np.load(ends, mmap_mode="r") if ends.exists() else None)
         self.dead = np.load(d / "dead.npy") if (d / "dead.npy").exists() else np.zeros(0, np.uint32)
         self._names = None
 
@@ -659,7 +672,7 @@ class _Segment:
     def names(self) -> "_NameTable":
         if self._names is None:
             ends = self.dir / "names_end.npy"
-            self._names = _NameTable((self.dir / "names.txt").read_bytes(),
+            self._names = _NameTable(_mapped(self.dir / "names.txt"),
                                      np.load(ends, mmap_mode="r") if ends.exists() else None)
         return self._names
 
@@ -919,7 +932,25 @@ class Unit:
 
 def added_units(path: str, post_text: str, added: set[int], min_tokens: int = 40,
                 min_lines: int = 6) -> list[Unit]:
-    """Units of the added lines ADDED of a post-image."""
+    """Units of the added lines ADDED of a post-image (the last few
+    answers are kept: the rule process works out those of the files a
+    series adds whole ahead, from the raw mail; treat them as read-only)."""
+    key = (path, len(post_text), hash(post_text), len(added), min_tokens, min_lines)
+    got = _UNITS.get(key)
+    if got is not None and got[0] == post_text and got[1] == added:
+        return list(got[2])
+    units = _added_units(path, post_text, added, min_tokens, min_lines)
+    if len(_UNITS) >= 16:
+        del _UNITS[next(iter(_UNITS))]
+    _UNITS[key] = (post_text, frozenset(added), tuple(units))
+    return units
+
+
+_UNITS: dict[tuple, tuple[str, frozenset, tuple]] = {}
+
+
+def _added_units(path: str, post_text: str, added: set[int], min_tokens: int,
+                 min_lines: int) -> list[Unit]:
     lines = post_text.split("\n")
     out = []
     marks = sorted(added)

@@ -207,6 +207,9 @@ def _plugin_entry_points() -> list:
     only the distributions whose entry_points.txt names the group (a
     third of the time with a hundred packages installed); the first
     distribution of a name wins, as there."""
+    fast = _scan_entry_points()
+    if fast is not None:
+        return fast
     out, seen = [], set()
     for dist in distributions():
         name = getattr(dist, "_normalized_name", None) or dist.metadata["Name"]
@@ -216,6 +219,44 @@ def _plugin_entry_points() -> list:
         text = dist.read_text("entry_points.txt")
         if text and "reviewbot.rules" in text:
             out.extend(dist.entry_points.select(group="reviewbot.rules"))
+    return out
+
+
+_DIST_SUFFIXES = (".dist-info", ".egg-info")
+
+
+def _scan_entry_points() -> list | None:
+    """What _plugin_entry_points() gives, found by listing the sys.path
+    folders (os.scandir) instead of making a Distribution of each package:
+    a fifth of the time.  None when sys.path holds something other than
+    folders (a zip file): the caller then asks importlib.metadata."""
+    from importlib.metadata import PathDistribution
+    out, seen = [], set()
+    for entry in sys.path:
+        where = entry or "."
+        try:
+            found = sorted(os.scandir(where), key=lambda e: (e.name.lower().endswith(".egg-info"), e.name))
+        except NotADirectoryError:
+            return None
+        except OSError:
+            continue                # gone, or unreadable: importlib skips it too
+        for e in found:
+            stem, dot, ext = e.name.lower().rpartition(".")
+            if "." + ext not in _DIST_SUFFIXES or not dot:
+                continue
+            # importlib.metadata's own normalisation of the folder's name
+            name = re.sub(r"[-_.]+", "-", stem.partition("-")[0]).lower().replace("-", "_")
+            if name in seen:
+                continue
+            seen.add(name)
+            try:
+                with open(os.path.join(e.path, "entry_points.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if "reviewbot.rules" in text:
+                out.extend(PathDistribution(__import__("pathlib").Path(e.path))
+                           .entry_points.select(group="reviewbot.rules"))
     return out
 
 

@@ -185,6 +185,8 @@ class DuplicatedCode(Rule):
         """The functions of a post-image that the patch does not add (new
         ones are the series check's)."""
         got = self._old_funcs
+        if fv.diff.is_new:
+            return []               # a new file has none
         if got is None or got[0] is not fv:
             added = fv.added_lines
             funcs = [(sp, codes, lines) for sp, codes, lines in dx.function_codes(fv.post_text)

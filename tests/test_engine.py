@@ -259,6 +259,14 @@ def test_a_rule_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rb-plugin-demo\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[reviewbot.rules]\ndemo = rb_plugin_demo:DemoRule\n")
+    # an older copy of the same distribution further down sys.path is
+    # shadowed by the first, as importlib.metadata has it
+    later = tmp_path / "later"
+    old = later / "rb_plugin_demo-0.9.dist-info"
+    old.mkdir(parents=True)
+    (old / "METADATA").write_text("Metadata-Version: 2.1\nName: rb-plugin-demo\nVersion: 0.9\n")
+    (old / "entry_points.txt").write_text("[reviewbot.rules]\nold = rb_plugin_demo:OldRule\n")
+    monkeypatch.syspath_prepend(str(later))
     monkeypatch.syspath_prepend(str(tmp_path))
     engine._discover.cache_clear()
     try:
@@ -266,6 +274,11 @@ def test_a_rule_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
         assert "ZZZ001" in codes and "DUP001" in codes
         assert [ep.value for ep in engine._plugin_entry_points()] == \
             [ep.value for ep in md.entry_points(group="reviewbot.rules")] == ["rb_plugin_demo:DemoRule"]
+        # a zip file on sys.path: importlib.metadata is asked, same answer
+        (tmp_path / "empty.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+        monkeypatch.syspath_prepend(str(tmp_path / "empty.zip"))
+        assert engine._scan_entry_points() is None
+        assert [ep.value for ep in engine._plugin_entry_points()] == ["rb_plugin_demo:DemoRule"]
     finally:
         sys.modules.pop("rb_plugin_demo", None)
         engine._discover.cache_clear()
@@ -312,3 +325,20 @@ def test_a_review_of_whole_files_is_the_same_with_the_rules_offloaded(tmp_path):
     forked, serial = review_json(args), review_json(args, REVIEWBOT_JOBS="1")
     assert forked == serial
     assert any(f["rule"] == "LCK003" for p in forked["patches"] for f in p["findings"])
+
+
+def test_the_rule_process_reads_new_files_from_the_raw_mail_as_git_apply_writes_them():
+    """whole_new_files() (the key the rule process works ahead with): the
+    text of each file a mail adds whole, lines starting with '+' intact;
+    a hunk with fewer lines than its header says is no whole file."""
+    from reviewbot.diffmodel import whole_new_files
+    text = "int a;\n++b;\n+++c;\n\nint d;\n"
+    n = text.count("\n")
+    body = "".join("+" + line + "\n" for line in text.split("\n")[:-1])
+
+    def mail(path, count, lines):
+        return (f"diff --git a/{path} b/{path}\nnew file mode 100644\nindex 0000000..1111111\n"
+                f"--- /dev/null\n+++ b/{path}\n@@ -0,0 +1,{count} @@\n{lines}").encode()
+
+    raw = b"From x\n\n" + mail("x.c", n, body) + mail("short.c", n + 2, body) + mail("y.h", 2, body)
+    assert whole_new_files(raw) == [("x.c", text), ("y.h", "int a;\n++b;\n")]

@@ -577,6 +577,22 @@ def node_call_names(node: tree_sitter.Node) -> frozenset[str]:
     return got
 
 
+def calls_any(node: tree_sitter.Node, names) -> bool:
+    """not node_call_names(node).isdisjoint(NAMES), answered from the
+    node's text alone when it holds none of the names (a call's name is
+    text of the node): most functions of a big file call none of the few
+    names a rule looks for."""
+    text = node.text or b""
+    if not any(n in text for n in _encoded(frozenset(names))):
+        return False
+    return not node_call_names(node).isdisjoint(names)
+
+
+@lru_cache(maxsize=64)
+def _encoded(names: frozenset) -> tuple[bytes, ...]:
+    return tuple(sorted(n.encode("utf-8") for n in names))
+
+
 # -- chunks: whole-file facts computed once per distinct piece of text ----------
 #
 # A series shows a big file again and again (each patch's pre- and

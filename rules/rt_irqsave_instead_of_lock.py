@@ -108,7 +108,7 @@ def _sections(fn_node):
     """Yield ((trigger, sorted writes), (start call, end call)) for every
     irq/preempt-off section of the function that writes shared data,
     takes no lock and uses no per-CPU accessor."""
-    if cparse.node_call_names(fn_node).isdisjoint(TRIGGERS):
+    if not cparse.calls_any(fn_node, TRIGGERS):
         return              # no irq/preempt-off section at all
     calls = sorted(cparse.calls(fn_node), key=lambda c: c.node.start_byte)
     local = locals_of(fn_node)

@@ -122,7 +122,7 @@ _ATOMIC = RAW_LOCKS | IRQ_OFF | PREEMPT_OFF
 def _may_pair(fn, nothread) -> bool:
     """False when _pairs(fn, ...) surely yields nothing: the function
     starts no atomic section (and is no IRQF_NO_THREAD handler)."""
-    return fn.name in nothread or not fn.call_names.isdisjoint(_ATOMIC)
+    return fn.name in nothread or cparse.calls_any(fn.node, _ATOMIC)
 
 
 def _sleepers(tree) -> set[str]:
@@ -139,7 +139,7 @@ def _takes_spin(fn_node) -> bool:
     key = (fn_node.text, fn_node.descendant_count)
     got = _TAKES_SPIN.get(key)
     if got is None:
-        got = (not cparse.node_call_names(fn_node).isdisjoint(SLEEPING_SPIN)
+        got = (cparse.calls_any(fn_node, SLEEPING_SPIN)
                and any(c.name in SLEEPING_SPIN and not held for c, held in walk_held(fn_node)))
         _TAKES_SPIN[key] = got
         if len(_TAKES_SPIN) > 8192:

@@ -87,7 +87,7 @@ class UnlockedSkbQueue(Rule):
             locked_uses = None
             removed = "\n".join(ln.text for ln in fv.diff.removed())
             for fn, pre_fn in functions_touched(fv):
-                if fn.call_names.isdisjoint(UNLOCKED):
+                if not cparse.calls_any(fn.node, UNLOCKED):
                     continue        # no unlocked queue helper called here
                 pre_count = _unlocked_counts(pre_fn) if pre_fn is not None else {}
                 post_seen: dict[tuple, int] = {}

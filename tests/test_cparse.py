@@ -68,3 +68,19 @@ def test_chunk_memos_follow_edits_of_a_real_file():
         assert cparse.call_names(tree) == names
     assert "brand_new_call" in cparse.call_names(cparse.parse(v1))
     assert any(i.name == "added_fops" for i in cparse.struct_initializers(cparse.parse(v1)))
+
+
+@pytest.mark.parametrize("path", FIXTURE_C[:10], ids=lambda p: p.name)
+def test_calls_any_agrees_with_the_call_names(path):
+    """calls_any() (a text test, then the parse) says what the call names
+    say, for names a rule looks for, names in comments or strings only,
+    and a callee that is a field."""
+    tree = cparse.parse(path.read_text(errors="replace"))
+    fns = cparse.functions(tree)
+    every = sorted(set().union(*(f.call_names for f in fns)))
+    assert every
+    sets = [{"spin_lock", "spin_lock_irqsave", "local_irq_save"}, {"kfree"}, set(every[:3]),
+            {"struct", "return", "if"}, {every[-1], "no_such_function"}]
+    for names in sets:
+        for f in fns:
+            assert cparse.calls_any(f.node, names) == (not f.call_names.isdisjoint(names)), (f.name, names)

@@ -11,10 +11,12 @@ import gc
 import importlib
 import inspect
 import logging
+import mmap
 import os
 import pickle
 import pkgutil
 import re
+import select
 import signal
 import sys
 import threading
@@ -295,9 +297,12 @@ class Run:
     """Rules started on a series: start() hands the own-process rules to the
     child process of a Prefork made earlier, if there is one; they need no
     parse trees, so the review parses while they run.  When the series
-    only adds whole files, the offload rules go there too (that process
-    parsed those files ahead, from the raw mail).  finish() runs the others
-    here and gathers everything."""
+    only adds whole files, the offload rules are shared too: that process
+    parsed those files ahead, from the raw mail, and takes them one by one
+    once its own are done; this one takes what is left once its own rules
+    are done (whichever is free first runs the next).  finish() runs the
+    rest here and gathers everything: the findings are the same whoever
+    ran which rule."""
 
     def __init__(self, rules: list[Rule], contexts: list[PatchContext], only: set[str] | None,
                  prefork: "Prefork | None" = None):
@@ -305,18 +310,21 @@ class Run:
         self.selected = _selected(rules, only)
         self.side = [r for r in self.selected if r.own_process]
         self.main = [r for r in self.selected if not r.own_process]
+        self.shared: list[list[Rule]] = []     # offload rules, a group per family
         self.child = None
         if prefork is not None:
             if self.side and self.main:
                 if _only_new_files(contexts):
                     moved = [r for r in self.main if r.offload]
                     if moved and len(moved) < len(self.main):
-                        self.side = self.side + moved
-                        self.main = [r for r in self.main if not r.offload]
-                self.child = prefork.hand(self.side, contexts)
+                        self.shared = _by_family(moved)[:MAX_SHARED]
+                        gone = {r.code for g in self.shared for r in g}
+                        self.main = [r for r in self.main if r.code not in gone]
+                self.child = prefork.hand(self.side, contexts, self.shared)
                 if self.child is None:      # no child after all: everything here
                     self.side = [r for r in self.selected if r.own_process]
                     self.main = [r for r in self.selected if not r.own_process]
+                    self.shared = []
             prefork.cancel()        # not used (or already handed over): let it go
 
     def cancel(self) -> None:
@@ -330,12 +338,42 @@ class Run:
             self.cancel()       # interrupted: do not leave it running
 
     def _finish(self):
-        contexts, selected, side = self.contexts, self.selected, self.side
+        contexts, child = self.contexts, self.child
         results = [_run_serial(self.main, contexts)]
-        if side:
-            got = self.child.result() if self.child is not None else None
-            results.append(got if got is not None else _run_serial(side, contexts))
-        return _merge(results, selected)
+        done = {r.code for r in self.main}
+        # The shared groups: while the child is still busy with its own
+        # rules (or working ahead), this process takes them; once it is
+        # free it takes them itself (it may have their caches warm).
+        while child is not None and not child.free() and (i := child.take()) is not None:
+            if i < len(self.shared):
+                results.append(_run_serial(self.shared[i], contexts))
+                done.update(r.code for r in self.shared[i])
+        shared = [r for g in self.shared for r in g]
+        if self.side or shared:
+            got = child.result() if child is not None else None
+            if got is not None:
+                ran, found = got
+                results.extend(found)
+                done.update(ran)
+            # whatever nobody ran (no child, or it failed): here
+            rest = [r for r in self.side + shared if r.code not in done]
+            if rest:
+                results.append(_run_serial(rest, contexts))
+        return _merge(results, self.selected)
+
+
+def _by_family(rules: list[Rule]) -> list[list[Rule]]:
+    """RULES grouped by family, in order (the rules of a family share their
+    caches: the lock flows, the release tables), so that one process runs
+    a whole family."""
+    groups: dict[str, list[Rule]] = {}
+    for r in rules:
+        groups.setdefault(r.family, []).append(r)
+    return list(groups.values())
+
+
+# groups of offload rules one review may share with the rule process (a byte each)
+MAX_SHARED = 255
 
 
 def start(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None = None,
@@ -359,6 +397,7 @@ class Prefork:
         self.only = only
         self.child: _Child | None = None
         self.to_child: int | None = None
+        self.tickets: int | None = None     # write end of the shared rules' pipe
         self.mem: int | None = None
         self.mem_end = 0
         self.side: list[Rule] | None = None
@@ -400,6 +439,10 @@ class Prefork:
             fds += [r1, w1]
             r2, w2 = os.pipe()              # results: child -> here
             fds += [r2, w2]
+            r3, w3 = os.pipe()              # shared rules not taken yet: a byte each, read by both
+            fds += [r3, w3]
+            os.set_blocking(r3, False)
+            flag = mmap.mmap(-1, 1)         # shared: 1 once the child is free for shared rules
         except (OSError, AttributeError):
             for fd in fds:
                 os.close(fd)
@@ -413,15 +456,16 @@ class Prefork:
                 os.close(fd)
             return
         if pid == 0:
-            _in_child(lambda: self._child(r1, w2, mem), close=(w1, r2))
+            _in_child(lambda: self._child(r1, w2, mem, r3, flag), close=(w1, r2, w3))
         os.close(r1)
         os.close(w2)
         self.mem = mem
         self.mem_end = 0
         self.to_child = w1
-        self.child = _Child(pid, r2)
+        self.tickets = w3
+        self.child = _Child(pid, r2, r3, flag)
 
-    def _child(self, r1: int, w2: int, mem: int) -> None:
+    def _child(self, r1: int, w2: int, mem: int, tickets: int, flag) -> None:
         if self.rules is None:
             self.rules = _selected(discover(), self.only)
             self.side = [r for r in self.rules if r.own_process]
@@ -432,34 +476,48 @@ class Prefork:
                 pass
         # the classes the contexts are made of, loaded while we wait for them
         importlib.import_module(f"{__package__}.series")
-        with os.fdopen(r1, "rb") as f:
-            while True:
-                head = f.readline().split()
-                if len(head) != 3:
-                    return              # cancelled
-                data = _read_at(mem, int(head[1]), int(head[2]))
-                if head[0] == b"P":
-                    self._preview_here(data)
-                    continue
-                break
+        while True:
+            head = _read_line(r1).split()
+            if len(head) != 3:
+                return              # cancelled
+            data = _read_at(mem, int(head[1]), int(head[2]))
+            if head[0] == b"P":
+                self._preview_here(data, lambda: _readable(r1))
+                continue
+            break
         os.close(mem)
         gc.disable()                    # a big unpickle: no collections in between
-        contexts, codes = pickle.loads(data)
-        _child_run(w2, [r for r in self.rules if r.code in codes], contexts)
+        contexts, codes, groups = pickle.loads(data)
+        by_code = {r.code: r for r in self.rules}
+        _child_run(w2, [by_code[c] for c in codes],
+                   [[by_code[c] for c in g if c in by_code] for g in groups], tickets, flag, contexts)
 
-    def _preview_here(self, mbox: bytes) -> None:
-        """In the child: the files the mail adds whole are parsed (for the
-        rules it may be given, see Rule.offload), and the own-process rules
-        work ahead (Rule.preview)."""
+    def _preview_here(self, mbox: bytes, handed=lambda: False) -> None:
+        """In the child: the own-process rules work ahead (Rule.preview);
+        then, unless the contexts are in already (HANDED()), the files the
+        mail adds whole are parsed and the offload rules work ahead (for
+        the shared rules, see Run); once they are in, the rules come first
+        and compute what they need as they go."""
+        for r in self.rules:
+            if r.own_process:
+                try:
+                    r.preview(mbox)
+                except Exception:
+                    pass
+        if not any(r.offload for r in self.rules):
+            return
         try:
-            if any(r.offload for r in self.rules):
-                for path, text in whole_new_files(mbox):
-                    if path.endswith((".c", ".h")):
-                        cparse.warm(cparse.parse(text))
+            for path, text in whole_new_files(mbox):
+                if path.endswith((".c", ".h")):
+                    if handed():
+                        return
+                    cparse.warm(cparse.parse(text))
         except Exception:
             pass
         for r in self.rules:
-            if r.own_process or r.offload:
+            if r.offload and not r.own_process:
+                if handed():
+                    return
                 try:
                     r.preview(mbox)
                 except Exception:
@@ -495,15 +553,21 @@ class Prefork:
         finally:
             signal.signal(signal.SIGPIPE, old_pipe)
 
-    def hand(self, rules: list[Rule], contexts: list[PatchContext]) -> "_Child | None":
-        """Give the child the contexts; its result() is then that of RULES."""
+    def hand(self, rules: list[Rule], contexts: list[PatchContext], shared: list[list[Rule]] = ()
+             ) -> "_Child | None":
+        """Give the child the contexts: it runs RULES, then takes groups of
+        SHARED rules one at a time while any are left (see _Child.take())."""
         child = self.child
-        if child is None or self.to_child is None or self.mem is None:
+        if child is None or self.to_child is None or self.mem is None or self.tickets is None:
             return None
         was = gc.isenabled()
         gc.disable()                # pickling makes no garbage worth a full collection
         try:
-            data = pickle.dumps((contexts, [r.code for r in rules]), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps((contexts, [r.code for r in rules], [[r.code for r in g] for g in shared]),
+                                protocol=pickle.HIGHEST_PROTOCOL)
+            os.write(self.tickets, bytes(range(len(shared))))
+            os.close(self.tickets)      # no more: an empty pipe reads as the end
+            self.tickets = None
             sent = self._send(b"C", data)
         except Exception as exc:
             log.debug("cannot hand the contexts over: %s", exc)
@@ -525,7 +589,7 @@ class Prefork:
             self.child = None
 
     def _close_fds(self) -> None:
-        for name in ("to_child", "mem"):
+        for name in ("to_child", "mem", "tickets"):
             fd = getattr(self, name)
             if fd is not None:
                 try:
@@ -594,12 +658,20 @@ def _may_fork() -> bool:
 
 
 class _Child:
-    """A forked process running some rules; result() is what _run_serial
-    gives there, or None when the child failed (the caller then runs the
-    rules itself)."""
+    """A forked process running some rules.  result() is (codes of the
+    rules it ran, what _run_serial gave for them), or None when the child
+    failed (the caller then runs them itself).  take() hands out the
+    shared rules, by index, to whichever process asks first."""
 
-    def __init__(self, pid: int, fd: int):
-        self.pid, self.fd = pid, fd
+    def __init__(self, pid: int, fd: int, tickets: int | None = None, flag=None):
+        self.pid, self.fd, self.tickets, self.flag = pid, fd, tickets, flag
+
+    def take(self) -> int | None:
+        return _take(self.tickets) if self.tickets is not None else None
+
+    def free(self) -> bool:
+        """The child is done with its own rules (taking shared ones now)."""
+        return self.flag is None or self.flag[0] == 1
 
     def result(self):
         try:
@@ -624,6 +696,23 @@ class _Child:
             except OSError:
                 pass
             self.pid = None
+        if self.tickets is not None:
+            try:
+                os.close(self.tickets)
+            except OSError:
+                pass
+            self.tickets = None
+
+
+def _take(fd: int) -> int | None:
+    """The next shared rule's index from the pipe both processes read (a
+    one-byte read: each byte goes to one of them), or None when none is
+    left."""
+    try:
+        b = os.read(fd, 1)
+    except (BlockingIOError, OSError):
+        return None
+    return b[0] if b else None
 
 
 def _in_child(body, close: tuple[int, ...] = ()) -> None:
@@ -655,10 +744,41 @@ def _read_at(fd: int, off: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _child_run(w: int, rules: list[Rule], contexts: list[PatchContext]) -> None:
-    out = pickle.dumps(_run_serial(rules, contexts), protocol=pickle.HIGHEST_PROTOCOL)
+def _child_run(w: int, rules: list[Rule], groups: list[list[Rule]], tickets: int, flag,
+               contexts: list[PatchContext]) -> None:
+    """In the child: its own RULES, then shared groups as long as the other
+    process has not taken them; the result names what ran."""
+    results = [_run_serial(rules, contexts)]
+    ran = [r.code for r in rules]
+    flag[0] = 1
+    while (i := _take(tickets)) is not None:
+        if i < len(groups):
+            results.append(_run_serial(groups[i], contexts))
+            ran.extend(r.code for r in groups[i])
+    out = pickle.dumps((ran, results), protocol=pickle.HIGHEST_PROTOCOL)
     with os.fdopen(w, "wb") as f:
         f.write(out)
+
+
+def _read_line(fd: int) -> bytes:
+    """One short line from a pipe, read unbuffered (so that _readable()
+    tells whether the next one is there)."""
+    out = bytearray()
+    while len(out) < 128:
+        b = os.read(fd, 1)
+        if not b:
+            break
+        out += b
+        if b == b"\n":
+            break
+    return bytes(out)
+
+
+def _readable(fd: int) -> bool:
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def _dedupe(fs: list[Finding]) -> list[Finding]:

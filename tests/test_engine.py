@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 
 import pytest
 
@@ -36,13 +37,15 @@ def _contexts(tmp_path):
 class _PidRule(engine.Rule):
     family = "test"
 
-    def __init__(self, code, own, parent=None, die_in_child=False):
+    def __init__(self, code, own, parent=None, die_in_child=False, slow_in=None):
         self.code, self.name, self.own_process = code, code.lower() + "-rule", own
-        self.parent, self.die = parent, die_in_child
+        self.parent, self.die, self.slow_in = parent, die_in_child, slow_in
 
     def check_patch(self, ctx):
         if self.die and os.getpid() != self.parent:
             os._exit(3)
+        if self.slow_in and (os.getpid() == self.parent) == (self.slow_in == "main"):
+            time.sleep(1.0)
         yield self.finding(None, None, f"pid {os.getpid()}")
 
 
@@ -291,15 +294,17 @@ def _whole_file_mbox(tmp_path, path: str) -> pathlib.Path:
         pytest.skip(str(exc))
 
 
-def test_offloaded_rules_run_in_the_child_for_a_series_of_whole_files(tmp_path, monkeypatch):
-    """A series that only adds whole files: rules marked offload run in the
-    rule process too (on trees it parsed ahead from the raw mail)."""
+def test_offloaded_rules_go_to_whichever_process_is_free_first(tmp_path, monkeypatch):
+    """A series that only adds whole files: rules marked offload are shared
+    with the rule process (it parsed those files ahead, from the raw mail).
+    Whichever process is done with its own rules first runs them: the rule
+    process when this one is busy, this one when the rule process is."""
     monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
     mbox = _whole_file_mbox(tmp_path, "fs/dcache.c")
+    me = os.getpid()
 
     class _Off(_PidRule):
         offload = True
-    rules = [_PidRule("TST001", False), _Off("TST003", False), _PidRule("TST002", True)]
     seen = []
     orig = engine.start
 
@@ -308,13 +313,43 @@ def test_offloaded_rules_run_in_the_child_for_a_series_of_whole_files(tmp_path, 
         return orig(rules_, contexts, only, prefork=prefork)
     monkeypatch.setattr(review.engine, "start", spy)
     review_mbox(mbox.read_bytes(), Options())
+    for slow in ("main", "child"):
+        rules = [_PidRule("TST001", False, parent=me, slow_in=slow), _Off("TST003", False),
+                 _PidRule("TST002", True, parent=me, slow_in=slow)]
+        monkeypatch.setattr(engine, "discover", lambda: list(rules))
+        early = engine.Prefork.early()
+        early.preview(mbox.read_bytes())
+        per_patch, _, notes = orig(rules, seen[0], prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
+        pids = _pids(per_patch)
+        assert pids["TST001"] == me and pids["TST002"] != me and notes == []
+        assert pids["TST003"] == (pids["TST002"] if slow == "main" else me), slow
+
+
+def test_a_shared_rule_the_rule_process_took_and_died_on_runs_here(tmp_path, monkeypatch):
+    """The rule process takes a shared rule and dies on it: this process
+    runs it after all, and no finding is lost."""
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    mbox = _whole_file_mbox(tmp_path, "fs/dcache.c")
+    me = os.getpid()
+
+    class _Off(_PidRule):
+        offload = True
+    seen = []
+    orig = engine.start
+
+    def spy(rules_, contexts, only=None, prefork=None):
+        seen.append(contexts)
+        return orig(rules_, contexts, only, prefork=prefork)
+    monkeypatch.setattr(review.engine, "start", spy)
+    review_mbox(mbox.read_bytes(), Options())
+    rules = [_PidRule("TST001", False, parent=me, slow_in="main"),
+             _Off("TST003", False, parent=me, die_in_child=True), _PidRule("TST002", True)]
     monkeypatch.setattr(engine, "discover", lambda: list(rules))
     early = engine.Prefork.early()
     early.preview(mbox.read_bytes())
     per_patch, _, notes = orig(rules, seen[0], prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
     pids = _pids(per_patch)
-    assert pids["TST001"] == os.getpid() and notes == []
-    assert pids["TST002"] != os.getpid() and pids["TST003"] == pids["TST002"]
+    assert pids == {"TST001": me, "TST002": me, "TST003": me} and notes == []
 
 
 def test_a_review_of_whole_files_is_the_same_with_the_rules_offloaded(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -71,7 +72,9 @@ class Hunk:
     def __setstate__(self, state):
         kinds, texts, olds, news = state.pop("_columns")
         self.__dict__.update(state)
-        self.lines = list(map(DiffLine, kinds, texts, olds, news))
+        # tuple.__new__ at C speed (what DiffLine(...) does, without its
+        # Python-level __new__)
+        self.lines = list(map(tuple.__new__, repeat(DiffLine), zip(kinds, texts, olds, news)))
 
 
 @dataclass

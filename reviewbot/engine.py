@@ -22,7 +22,6 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib.metadata import distributions
 from typing import Iterable
 
 from . import cparse
@@ -212,6 +211,7 @@ def _plugin_entry_points() -> list:
     fast = _scan_entry_points()
     if fast is not None:
         return fast
+    from importlib.metadata import distributions     # (a tenth of a second to import)
     out, seen = [], set()
     for dist in distributions():
         name = getattr(dist, "_normalized_name", None) or dist.metadata["Name"]
@@ -232,7 +232,6 @@ def _scan_entry_points() -> list | None:
     folders (os.scandir) instead of making a Distribution of each package:
     a fifth of the time.  None when sys.path holds something other than
     folders (a zip file): the caller then asks importlib.metadata."""
-    from importlib.metadata import PathDistribution
     out, seen = [], set()
     for entry in sys.path:
         where = entry or "."
@@ -257,8 +256,9 @@ def _scan_entry_points() -> list | None:
             except OSError:
                 continue
             if "reviewbot.rules" in text:
-                out.extend(PathDistribution(__import__("pathlib").Path(e.path))
-                           .entry_points.select(group="reviewbot.rules"))
+                from importlib.metadata import PathDistribution
+                from pathlib import Path
+                out.extend(PathDistribution(Path(e.path)).entry_points.select(group="reviewbot.rules"))
     return out
 
 
@@ -341,10 +341,14 @@ class Run:
         contexts, child = self.contexts, self.child
         results = [_run_serial(self.main, contexts)]
         done = {r.code for r in self.main}
-        # The shared groups: while the child is still busy with its own
-        # rules (or working ahead), this process takes them; once it is
-        # free it takes them itself (it may have their caches warm).
-        while child is not None and not child.free() and (i := child.take()) is not None:
+        # the shared groups the child was not given (it will not have
+        # worked ahead on what they need), then, while the child is still
+        # on its own rules, those it was given and has not taken yet
+        for i, g in enumerate(self.shared):
+            if child is None or i not in child.given:
+                results.append(_run_serial(g, contexts))
+                done.update(r.code for r in g)
+        while child is not None and child.busy() and (i := child.take()) is not None:
             if i < len(self.shared):
                 results.append(_run_serial(self.shared[i], contexts))
                 done.update(r.code for r in self.shared[i])
@@ -363,13 +367,17 @@ class Run:
 
 
 def _by_family(rules: list[Rule]) -> list[list[Rule]]:
-    """RULES grouped by family, in order (the rules of a family share their
-    caches: the lock flows, the release tables), so that one process runs
-    a whole family."""
+    """RULES grouped by family (the rules of a family share their caches:
+    the lock flows, the release tables), so that one process runs a whole
+    family."""
     groups: dict[str, list[Rule]] = {}
     for r in rules:
         groups.setdefault(r.family, []).append(r)
     return list(groups.values())
+
+
+def _previews(rule: Rule) -> bool:
+    return type(rule).preview is not Rule.preview
 
 
 # groups of offload rules one review may share with the rule process (a byte each)
@@ -442,7 +450,7 @@ class Prefork:
             r3, w3 = os.pipe()              # shared rules not taken yet: a byte each, read by both
             fds += [r3, w3]
             os.set_blocking(r3, False)
-            flag = mmap.mmap(-1, 1)         # shared: 1 once the child is free for shared rules
+            flag = mmap.mmap(-1, 2)         # shared: the child's progress (see _Child)
         except (OSError, AttributeError):
             for fd in fds:
                 os.close(fd)
@@ -482,7 +490,7 @@ class Prefork:
                 return              # cancelled
             data = _read_at(mem, int(head[1]), int(head[2]))
             if head[0] == b"P":
-                self._preview_here(data, lambda: _readable(r1))
+                self._preview_here(data, lambda: _readable(r1), flag)
                 continue
             break
         os.close(mem)
@@ -492,12 +500,17 @@ class Prefork:
         _child_run(w2, [by_code[c] for c in codes],
                    [[by_code[c] for c in g if c in by_code] for g in groups], tickets, flag, contexts)
 
-    def _preview_here(self, mbox: bytes, handed=lambda: False) -> None:
+    def _preview_here(self, mbox: bytes, handed=lambda: False, flag=None) -> None:
         """In the child: the own-process rules work ahead (Rule.preview);
         then, unless the contexts are in already (HANDED()), the files the
         mail adds whole are parsed and the offload rules work ahead (for
         the shared rules, see Run); once they are in, the rules come first
-        and compute what they need as they go."""
+        and compute what they need as they go.  A step begun is finished,
+        and FLAG[1] says which one it is in (_PARSING, _OFFLOAD, _AHEAD):
+        hand() then knows what it will have done."""
+        def step(n):
+            if flag is not None:
+                flag[1] = n
         for r in self.rules:
             if r.own_process:
                 try:
@@ -505,23 +518,27 @@ class Prefork:
                 except Exception:
                     pass
         if not any(r.offload for r in self.rules):
+            step(_AHEAD)
             return
+        if handed():
+            return
+        step(_PARSING)
         try:
             for path, text in whole_new_files(mbox):
                 if path.endswith((".c", ".h")):
-                    if handed():
-                        return
                     cparse.warm(cparse.parse(text))
         except Exception:
             pass
+        if handed():
+            return
+        step(_OFFLOAD)
         for r in self.rules:
             if r.offload and not r.own_process:
-                if handed():
-                    return
                 try:
                     r.preview(mbox)
                 except Exception:
                     pass
+        step(_AHEAD)
 
     def preview(self, mbox: bytes) -> None:
         """Let the child's rules work ahead on the raw mail (Rule.preview)."""
@@ -555,8 +572,10 @@ class Prefork:
 
     def hand(self, rules: list[Rule], contexts: list[PatchContext], shared: list[list[Rule]] = ()
              ) -> "_Child | None":
-        """Give the child the contexts: it runs RULES, then takes groups of
-        SHARED rules one at a time while any are left (see _Child.take())."""
+        """Give the child the contexts: it runs RULES, then takes, one at a
+        time while any are left (see _Child.take()), the groups of SHARED
+        rules it will have worked ahead for (its .given; the rest are this
+        process's)."""
         child = self.child
         if child is None or self.to_child is None or self.mem is None or self.tickets is None:
             return None
@@ -565,7 +584,8 @@ class Prefork:
         try:
             data = pickle.dumps((contexts, [r.code for r in rules], [[r.code for r in g] for g in shared]),
                                 protocol=pickle.HIGHEST_PROTOCOL)
-            os.write(self.tickets, bytes(range(len(shared))))
+            child.given = _to_give(shared, child.flag[1] if child.flag is not None else _AHEAD)
+            os.write(self.tickets, bytes(child.given))
             os.close(self.tickets)      # no more: an empty pipe reads as the end
             self.tickets = None
             sent = self._send(b"C", data)
@@ -665,13 +685,14 @@ class _Child:
 
     def __init__(self, pid: int, fd: int, tickets: int | None = None, flag=None):
         self.pid, self.fd, self.tickets, self.flag = pid, fd, tickets, flag
+        self.given: list[int] = []      # shared groups handed to it (tickets in the pipe)
 
     def take(self) -> int | None:
         return _take(self.tickets) if self.tickets is not None else None
 
-    def free(self) -> bool:
-        """The child is done with its own rules (taking shared ones now)."""
-        return self.flag is None or self.flag[0] == 1
+    def busy(self) -> bool:
+        """The child is still on its own rules."""
+        return self.flag is not None and self.flag[0] == 0
 
     def result(self):
         try:
@@ -742,6 +763,26 @@ def _read_at(fd: int, off: int, size: int) -> bytes:
         parts.append(b)
         got += len(b)
     return b"".join(parts)
+
+
+# How far the child got working ahead (FLAG[1]): parsing the files the mail
+# adds whole, then the offload rules' previews, then all done (0: its own
+# rules' previews, or no mail yet).
+_PARSING, _OFFLOAD, _AHEAD = 1, 2, 3
+
+
+def _to_give(groups: list[list[Rule]], step: int) -> list[int]:
+    """The shared groups (indexes) to leave to the child, which is at STEP
+    of working ahead (it finishes that step, and goes no further once it
+    has the contexts): all of them once it is on the offload rules'
+    previews, those that need no more than the parse when it is parsing,
+    none before (it would have to parse the files first, and this process
+    has them parsed)."""
+    if step in (_OFFLOAD, _AHEAD):
+        return list(range(len(groups)))
+    if step == _PARSING:
+        return [i for i, g in enumerate(groups) if not any(_previews(r) for r in g)]
+    return []
 
 
 def _child_run(w: int, rules: list[Rule], groups: list[list[Rule]], tickets: int, flag,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import gc
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -75,20 +76,51 @@ def review_source(source: str, opts: Options, stdin=None, progress=None,
     """Fetch and review SOURCE.  PREFORK: an engine.Prefork.early() made by
     the caller before its imports, for the rule process to use."""
     timer = _Timer()
-    with timer("fetch"):
-        if progress:
-            progress("fetching " + (source if source != "-" else "standard input"))
-        fetched = load_source(source, opts.lore_url, opts.policy, stdin=stdin)
+    # the rules are found (their modules imported) while the thread is
+    # fetched: the wait for lore leaves this process idle
+    rules = _Discovery()
+    try:
+        with timer("fetch"):
+            if progress:
+                progress("fetching " + (source if source != "-" else "standard input"))
+            fetched = load_source(source, opts.lore_url, opts.policy, stdin=stdin)
+    finally:
+        rules.join()
     res = review_mbox(fetched.data, opts, want_msgid=fetched.msgid, timer=timer, progress=progress,
-                      prefork=prefork)
+                      prefork=prefork, rules=rules)
     res.source = fetched.origin
     return res
 
 
 def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer=None, progress=None,
-                prefork: engine.Prefork | None = None) -> Result:
+                prefork: engine.Prefork | None = None, rules: "_Discovery | None" = None) -> Result:
     with _collector_paused():
-        return _review_all(data, opts, want_msgid, timer, progress, prefork)
+        return _review_all(data, opts, want_msgid, timer, progress, prefork, rules)
+
+
+class _Discovery(threading.Thread):
+    """engine.discover() in a thread of its own (it imports the rule
+    modules: CPU work that fits in the wait for the network).  join()
+    before anything forks; result() is discover()'s answer, or raises
+    what it raised."""
+
+    def __init__(self):
+        super().__init__(name="reviewbot-discover", daemon=True)
+        self._rules: list | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._rules = engine.discover()
+        except BaseException as exc:     # handed to result()
+            self._error = exc
+
+    def result(self) -> list:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return list(self._rules or ())
 
 
 @contextlib.contextmanager
@@ -107,12 +139,12 @@ def _collector_paused():
             gc.enable()
 
 
-def _review_all(data, opts, want_msgid, timer, progress, early) -> Result:
+def _review_all(data, opts, want_msgid, timer, progress, early, found=None) -> Result:
     timer = timer or _Timer()
     if early is not None:
         early.preview(data)     # the rule process starts on the raw mail now
     with timer("rules"):
-        rules = engine.discover()
+        rules = found.result() if found is not None else engine.discover()
         # A big series: the duplicated-code search gets its process now
         # (or keeps the one forked early) and loads numpy and the index
         # while we assemble, apply and parse.  (How big, from the raw

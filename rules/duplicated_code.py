@@ -78,17 +78,27 @@ class DuplicatedCode(Rule):
 
     def preview(self, mbox: bytes) -> None:
         """The files the series adds whole are all in the mail: their units
-        are tokenised and fingerprinted, and looked up in the index of the
-        tree's HEAD, ahead of the review (which then finds them in the
-        caches, keyed by the text and the fingerprints)."""
+        are tokenised, fingerprinted, looked up in the index of the tree's
+        HEAD and compared with their candidate twins, ahead of the review
+        (which then finds all that in the caches, keyed by the text, the
+        fingerprints and the token codes)."""
         touched = dict(whole_new_files(mbox))
+        units = []
         for path, post in touched.items():
             if path.startswith(SKIP_PREFIXES) or not path.endswith((".c", ".h")):
                 continue
-            units = dx.added_units(path, post, set(range(1, post.count("\n") + 1)), MIN_TOKENS)
-            _prime_fps([u.codes for u in units])
-            if self._warm is not None and units:
-                self._tree_candidates(units, self._warm, touched)
+            units += dx.added_units(path, post, set(range(1, post.count("\n") + 1)), MIN_TOKENS)
+        if not units:
+            return
+        _prime_fps([u.codes for u in units])
+        # the comparisons check_patch() makes for a series of these files
+        series_units = [(None, u) for u in units]
+        order = {id(u): (0, u.path, u.start) for u in units}
+        posting = _posting(series_units)
+        cands = self._tree_candidates(units, self._warm, touched) if self._warm is not None else {}
+        for u in units:
+            if _series_twin(u, series_units, order, posting) is None and self._warm is not None:
+                _tree_twin(u, self._warm, cands.get(id(u), ()), touched)
 
     def check_patch(self, ctx: PatchContext):
         series_units = self._series_units(ctx)
@@ -129,26 +139,13 @@ class DuplicatedCode(Rule):
     def _in_series(self, ctx, unit, series_units):
         """A twin added earlier in the series (or earlier in this patch)."""
         order, posting = self._series_postings(ctx, series_units)
-        me = order[id(unit)]
-        shared: dict[int, int] = {}
-        for fp in _fps_set(unit.codes):
-            for j in posting.get(fp, ()):
-                shared[j] = shared.get(j, 0) + 1
-        for j in sorted(j for j, n in shared.items() if n >= 3):
-            c, u = series_units[j]
-            if u is unit or order[id(u)] >= me:
-                continue
-            same_dir = os.path.dirname(u.path) == os.path.dirname(unit.path)
-            if not _alike(unit.codes, u.codes, same_dir):
-                continue
-            if not _may_cover(unit.codes, u.codes, NEAR if same_dir else FAR):
-                continue
-            lk = dx.likeness(unit.codes, u.codes)
-            if lk.coverage >= (NEAR if same_dir else FAR):
-                label = f"patch {c.patch.label}" if c is not ctx else "this patch"
-                return (label, u.path, int(u.lines[lk.other_first]), int(u.lines[lk.other_last]),
-                        u.func, lk.coverage, same_dir)
-        return None
+        got = _series_twin(unit, series_units, order, posting)
+        if got is None:
+            return None
+        c, u, lk, same_dir = got
+        label = f"patch {c.patch.label}" if c is not ctx else "this patch"
+        return (label, u.path, int(u.lines[lk.other_first]), int(u.lines[lk.other_last]),
+                u.func, lk.coverage, same_dir)
 
     def _series_postings(self, ctx, series_units):
         """(order key of each unit by id, fingerprint -> units holding it),
@@ -158,10 +155,7 @@ class DuplicatedCode(Rule):
             return got[1], got[2]
         patches = {id(c): i for i, c in enumerate(ctx.all_patches or [ctx])}
         order = {id(u): (patches.get(id(c), -1), u.path, u.start) for c, u in series_units}
-        posting: dict[int, list[int]] = {}
-        for j, (_, u) in enumerate(series_units):
-            for fp in _fps_set(u.codes):
-                posting.setdefault(fp, []).append(j)
+        posting = _posting(series_units)
         self._postings = (series_units, order, posting)
         return order, posting
 
@@ -175,7 +169,7 @@ class DuplicatedCode(Rule):
                 continue
             if not _alike(unit.codes, codes, True) or not _may_cover(unit.codes, codes, NEAR):
                 continue
-            lk = dx.likeness(unit.codes, codes)
+            lk = _likeness(unit.codes, codes)
             if lk.coverage >= NEAR:
                 return ("this file", unit.path, int(lines[lk.other_first]), int(lines[lk.other_last]),
                         sp.name, lk.coverage, True)
@@ -220,26 +214,7 @@ class DuplicatedCode(Rule):
     def _in_tree(self, ctx, unit, idx, dir_cache, cands, touched):
         udir = os.path.dirname(unit.path)
         if idx is not None:
-            for func in cands:
-                same_dir = os.path.dirname(func.path) == udir
-                if func.path in touched:
-                    text = touched[func.path]
-                    found = dx.named_function_codes(text, func.name)
-                else:
-                    text = idx.read_blob(func.blob)
-                    if text is None:
-                        continue
-                    found = dx.indexed_function_codes(text, func.name, func.start, func.end)
-                for sp, codes, lines in found:
-                    if not _alike(unit.codes, codes, same_dir):
-                        continue
-                    if not _may_cover(unit.codes, codes, NEAR if same_dir else FAR):
-                        continue
-                    lk = dx.likeness(unit.codes, codes)
-                    if lk.coverage >= (NEAR if same_dir else FAR):
-                        return ("tree", func.path, int(lines[lk.other_first]), int(lines[lk.other_last]),
-                                sp.name, lk.coverage, same_dir)
-            return None
+            return _tree_twin(unit, idx, cands, touched)
         if udir not in dir_cache:
             dir_cache[udir] = _directory_texts(ctx.tree_path, ctx.base, udir, frozenset(touched))
         qc = _calls_list(unit.codes)
@@ -254,7 +229,7 @@ class DuplicatedCode(Rule):
             for sp, codes, lines in dx.function_codes(text):
                 if not _alike(unit.codes, codes, True) or not _may_cover(unit.codes, codes, NEAR):
                     continue
-                lk = dx.likeness(unit.codes, codes)
+                lk = _likeness(unit.codes, codes)
                 if lk.coverage >= NEAR:
                     return ("tree", path, int(lines[lk.other_first]), int(lines[lk.other_last]),
                             sp.name, lk.coverage, True)
@@ -273,6 +248,96 @@ class DuplicatedCode(Rule):
         conf = "high" if cov >= 0.95 and same_dir else ("medium" if same_dir or cov >= 0.97 else "low")
         return self.finding(unit.path, unit.start, msg, end_line=unit.end, confidence=conf,
                             related=[Location(path, line, "the other copy")])
+
+
+def _series_twin(unit, series_units, order, posting):
+    """(patch context, unit, likeness, same directory) of the first twin of
+    UNIT among the series' units before it (ORDER), found through their
+    fingerprints (POSTING), or None."""
+    me = order[id(unit)]
+    shared: dict[int, int] = {}
+    for fp in _fps_set(unit.codes):
+        for j in posting.get(fp, ()):
+            shared[j] = shared.get(j, 0) + 1
+    for j in sorted(j for j, n in shared.items() if n >= 3):
+        c, u = series_units[j]
+        if u is unit or order[id(u)] >= me:
+            continue
+        same_dir = os.path.dirname(u.path) == os.path.dirname(unit.path)
+        if not _alike(unit.codes, u.codes, same_dir):
+            continue
+        if not _may_cover(unit.codes, u.codes, NEAR if same_dir else FAR):
+            continue
+        lk = _likeness(unit.codes, u.codes)
+        if lk.coverage >= (NEAR if same_dir else FAR):
+            return c, u, lk, same_dir
+    return None
+
+
+def _posting(series_units) -> dict[int, list[int]]:
+    """Fingerprint -> indexes of the series' units holding it."""
+    posting: dict[int, list[int]] = {}
+    for j, (_, u) in enumerate(series_units):
+        for fp in _fps_set(u.codes):
+            posting.setdefault(fp, []).append(j)
+    return posting
+
+
+def _tree_twin(unit, idx, cands, touched):
+    """The first of the index's candidate functions CANDS that is a twin of
+    UNIT (read from TOUCHED when the series changes its file), as
+    _in_tree() reports it, or None."""
+    udir = os.path.dirname(unit.path)
+    for func in cands:
+        same_dir = os.path.dirname(func.path) == udir
+        if func.path in touched:
+            text = touched[func.path]
+            found = dx.named_function_codes(text, func.name)
+        else:
+            text = idx.read_blob(func.blob)
+            if text is None:
+                continue
+            found = _indexed_function_codes(func.blob, text, func.name, func.start, func.end)
+        for sp, codes, lines in found:
+            if not _alike(unit.codes, codes, same_dir):
+                continue
+            if not _may_cover(unit.codes, codes, NEAR if same_dir else FAR):
+                continue
+            lk = _likeness(unit.codes, codes)
+            if lk.coverage >= (NEAR if same_dir else FAR):
+                return ("tree", func.path, int(lines[lk.other_first]), int(lines[lk.other_last]),
+                        sp.name, lk.coverage, same_dir)
+    return None
+
+
+def _likeness(query, other):
+    """dx.likeness(query, other), remembered by the two token sequences
+    (the rule process compares the files a series adds whole ahead)."""
+    key = (query.tobytes(), other.tobytes())
+    got = _LIKENESS.get(key)
+    if got is None:
+        got = _LIKENESS[key] = dx.likeness(query, other)
+        if len(_LIKENESS) > 1024:
+            _LIKENESS.popitem(last=False)
+    return got
+
+
+_LIKENESS: "OrderedDict[tuple, object]" = OrderedDict()
+
+
+def _indexed_function_codes(blob: str, text: str, name: str, start: int, end: int):
+    """dx.indexed_function_codes() of the text of git blob BLOB, remembered
+    (read-only) for the last few hundred candidates."""
+    key = (blob, name, start, end)
+    got = _CANDIDATES.get(key)
+    if got is None:
+        got = _CANDIDATES[key] = dx.indexed_function_codes(text, name, start, end)
+        if len(_CANDIDATES) > 512:
+            _CANDIDATES.popitem(last=False)
+    return got
+
+
+_CANDIDATES: "OrderedDict[tuple, list]" = OrderedDict()
 
 
 def _alike(query, other, same_dir: bool) -> bool:

@@ -298,7 +298,8 @@ def test_offloaded_rules_go_to_whichever_process_is_free_first(tmp_path, monkeyp
     """A series that only adds whole files: rules marked offload are shared
     with the rule process (it parsed those files ahead, from the raw mail).
     Whichever process is done with its own rules first runs them: the rule
-    process when this one is busy, this one when the rule process is."""
+    process when this one is busy (and it has had the time to parse the
+    files ahead), this one when the rule process is."""
     monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
     mbox = _whole_file_mbox(tmp_path, "fs/dcache.c")
     me = os.getpid()
@@ -319,10 +320,21 @@ def test_offloaded_rules_go_to_whichever_process_is_free_first(tmp_path, monkeyp
         monkeypatch.setattr(engine, "discover", lambda: list(rules))
         early = engine.Prefork.early()
         early.preview(mbox.read_bytes())
+        if slow == "main":
+            time.sleep(3)       # what the child works ahead on takes well under a second
         per_patch, _, notes = orig(rules, seen[0], prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
         pids = _pids(per_patch)
         assert pids["TST001"] == me and pids["TST002"] != me and notes == []
         assert pids["TST003"] == (pids["TST002"] if slow == "main" else me), slow
+    # a rule process that got no mail to work ahead on (it would have to
+    # parse the files first) leaves the shared rules to this process, even
+    # a slow one
+    rules = [_PidRule("TST001", False, parent=me, slow_in="main"), _Off("TST003", False), _PidRule("TST002", True)]
+    monkeypatch.setattr(engine, "discover", lambda: list(rules))
+    early = engine.Prefork.early()
+    per_patch, _, notes = orig(rules, seen[0], prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
+    pids = _pids(per_patch)
+    assert pids["TST003"] == me != pids["TST002"] and notes == []
 
 
 def test_a_shared_rule_the_rule_process_took_and_died_on_runs_here(tmp_path, monkeypatch):
@@ -347,6 +359,7 @@ def test_a_shared_rule_the_rule_process_took_and_died_on_runs_here(tmp_path, mon
     monkeypatch.setattr(engine, "discover", lambda: list(rules))
     early = engine.Prefork.early()
     early.preview(mbox.read_bytes())
+    time.sleep(3)           # it works ahead on the mail: then it is given the shared rule
     per_patch, _, notes = orig(rules, seen[0], prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
     pids = _pids(per_patch)
     assert pids == {"TST001": me, "TST002": me, "TST003": me} and notes == []

@@ -139,8 +139,8 @@ class Rule:
     own_process: bool = False
     # True for a rule that may also run in that process when the series
     # only adds whole files: their parse trees are made there ahead of time
-    # (from the raw mail), so the rule costs that process no parse, and it
-    # runs while this one parses.
+    # (from the raw mail); the rules of a family go to whichever process
+    # has their caches ready (see Run).
     offload: bool = False
 
     def prepare(self, tree: str | None) -> None:
@@ -297,12 +297,13 @@ class Run:
     """Rules started on a series: start() hands the own-process rules to the
     child process of a Prefork made earlier, if there is one; they need no
     parse trees, so the review parses while they run.  When the series
-    only adds whole files, the offload rules are shared too: that process
-    parsed those files ahead, from the raw mail, and takes them one by one
-    once its own are done; this one takes what is left once its own rules
-    are done (whichever is free first runs the next).  finish() runs the
-    rest here and gathers everything: the findings are the same whoever
-    ran which rule."""
+    only adds whole files, the offload rules are shared too, a family at a
+    time: that process is left the families it will have worked ahead for
+    (from the raw mail: the parse trees, the lock flows; see _to_give()),
+    this one runs the others (it has the files parsed), then takes those
+    the child has not started on while the child is still busy with its
+    own.  finish() runs the rest here and gathers everything: the findings
+    are the same whoever ran which rule."""
 
     def __init__(self, rules: list[Rule], contexts: list[PatchContext], only: set[str] | None,
                  prefork: "Prefork | None" = None):

@@ -390,3 +390,22 @@ def test_the_rule_process_reads_new_files_from_the_raw_mail_as_git_apply_writes_
 
     raw = b"From x\n\n" + mail("x.c", n, body) + mail("short.c", n + 2, body) + mail("y.h", 2, body)
     assert whole_new_files(raw) == [("x.c", text), ("y.h", "int a;\n++b;\n")]
+
+
+def test_the_rule_process_is_left_the_families_it_will_have_caches_for():
+    """At hand-over: nothing while the rule process is still on its own
+    rules' previews (it would have to parse first), the families that need
+    only the parse while it parses, all once it is on the previews."""
+    class Plain(_PidRule):
+        family = "plain"
+
+    class Ahead(_PidRule):
+        family = "ahead"
+
+        def preview(self, mbox):
+            pass
+    groups = engine._by_family([Ahead("TST004", False), Plain("TST005", False), Ahead("TST006", False)])
+    assert [[r.code for r in g] for g in groups] == [["TST004", "TST006"], ["TST005"]]
+    assert engine._to_give(groups, 0) == []
+    assert engine._to_give(groups, engine._PARSING) == [1]
+    assert engine._to_give(groups, engine._OFFLOAD) == engine._to_give(groups, engine._AHEAD) == [0, 1]

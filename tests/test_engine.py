@@ -294,74 +294,70 @@ def _whole_file_mbox(tmp_path, path: str) -> pathlib.Path:
         pytest.skip(str(exc))
 
 
+class _Off(_PidRule):
+    offload = True
+
+
+def _whole_file_contexts(tmp_path, monkeypatch):
+    """(raw mail, contexts) of a review of fs/dcache.c added whole."""
+    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
+    mbox = _whole_file_mbox(tmp_path, "fs/dcache.c").read_bytes()
+    seen = []
+    orig = engine.start
+
+    def spy(rules_, contexts, only=None, prefork=None):
+        seen.append(contexts)
+        return orig(rules_, contexts, only, prefork=prefork)
+    monkeypatch.setattr(engine, "start", spy)
+    review_mbox(mbox, Options())
+    monkeypatch.setattr(engine, "start", orig)
+    return mbox, seen[0]
+
+
+def _run_shared(monkeypatch, rules, contexts, mbox=None, wait=0.0):
+    """The RULES run on CONTEXTS with an early rule process, given MBOX to
+    work ahead on (and WAIT seconds to do it) when there is one."""
+    monkeypatch.setattr(engine, "discover", lambda: list(rules))
+    early = engine.Prefork.early()
+    if mbox is not None:
+        early.preview(mbox)
+        time.sleep(wait)
+    per_patch, _, notes = engine.start(rules, contexts, prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
+    return _pids(per_patch), notes
+
+
 def test_offloaded_rules_go_to_whichever_process_is_free_first(tmp_path, monkeypatch):
     """A series that only adds whole files: rules marked offload are shared
     with the rule process (it parsed those files ahead, from the raw mail).
     Whichever process is done with its own rules first runs them: the rule
     process when this one is busy (and it has had the time to parse the
     files ahead), this one when the rule process is."""
-    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
-    mbox = _whole_file_mbox(tmp_path, "fs/dcache.c")
+    mbox, contexts = _whole_file_contexts(tmp_path, monkeypatch)
     me = os.getpid()
-
-    class _Off(_PidRule):
-        offload = True
-    seen = []
-    orig = engine.start
-
-    def spy(rules_, contexts, only=None, prefork=None):
-        seen.append(contexts)
-        return orig(rules_, contexts, only, prefork=prefork)
-    monkeypatch.setattr(review.engine, "start", spy)
-    review_mbox(mbox.read_bytes(), Options())
     for slow in ("main", "child"):
         rules = [_PidRule("TST001", False, parent=me, slow_in=slow), _Off("TST003", False),
                  _PidRule("TST002", True, parent=me, slow_in=slow)]
-        monkeypatch.setattr(engine, "discover", lambda: list(rules))
-        early = engine.Prefork.early()
-        early.preview(mbox.read_bytes())
-        if slow == "main":
-            time.sleep(3)       # what the child works ahead on takes well under a second
-        per_patch, _, notes = orig(rules, seen[0], prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
-        pids = _pids(per_patch)
+        # (what the child works ahead on takes well under a second)
+        pids, notes = _run_shared(monkeypatch, rules, contexts, mbox, wait=3.0 if slow == "main" else 0.0)
         assert pids["TST001"] == me and pids["TST002"] != me and notes == []
         assert pids["TST003"] == (pids["TST002"] if slow == "main" else me), slow
     # a rule process that got no mail to work ahead on (it would have to
     # parse the files first) leaves the shared rules to this process, even
     # a slow one
     rules = [_PidRule("TST001", False, parent=me, slow_in="main"), _Off("TST003", False), _PidRule("TST002", True)]
-    monkeypatch.setattr(engine, "discover", lambda: list(rules))
-    early = engine.Prefork.early()
-    per_patch, _, notes = orig(rules, seen[0], prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
-    pids = _pids(per_patch)
+    pids, notes = _run_shared(monkeypatch, rules, contexts)
     assert pids["TST003"] == me != pids["TST002"] and notes == []
 
 
 def test_a_shared_rule_the_rule_process_took_and_died_on_runs_here(tmp_path, monkeypatch):
     """The rule process takes a shared rule and dies on it: this process
     runs it after all, and no finding is lost."""
-    monkeypatch.delenv("REVIEWBOT_JOBS", raising=False)
-    mbox = _whole_file_mbox(tmp_path, "fs/dcache.c")
+    mbox, contexts = _whole_file_contexts(tmp_path, monkeypatch)
     me = os.getpid()
-
-    class _Off(_PidRule):
-        offload = True
-    seen = []
-    orig = engine.start
-
-    def spy(rules_, contexts, only=None, prefork=None):
-        seen.append(contexts)
-        return orig(rules_, contexts, only, prefork=prefork)
-    monkeypatch.setattr(review.engine, "start", spy)
-    review_mbox(mbox.read_bytes(), Options())
     rules = [_PidRule("TST001", False, parent=me, slow_in="main"),
              _Off("TST003", False, parent=me, die_in_child=True), _PidRule("TST002", True)]
-    monkeypatch.setattr(engine, "discover", lambda: list(rules))
-    early = engine.Prefork.early()
-    early.preview(mbox.read_bytes())
-    time.sleep(3)           # it works ahead on the mail: then it is given the shared rule
-    per_patch, _, notes = orig(rules, seen[0], prefork=early.adopt(rules, engine.FORK_MIN_ADDED)).finish()
-    pids = _pids(per_patch)
+    # it works ahead on the mail: then it is given the shared rule
+    pids, notes = _run_shared(monkeypatch, rules, contexts, mbox, wait=3.0)
     assert pids == {"TST001": me, "TST002": me, "TST003": me} and notes == []
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from itertools import repeat
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import NamedTuple
 
 import unidiff

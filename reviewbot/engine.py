@@ -6,6 +6,7 @@ project's `rules/` folder), or one registered through the
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import importlib
@@ -315,17 +316,16 @@ class Run:
         self.child = None
         if prefork is not None:
             if self.side and self.main:
+                shared: list[list[Rule]] = []
                 if _only_new_files(contexts):
                     moved = [r for r in self.main if r.offload]
                     if moved and len(moved) < len(self.main):
-                        self.shared = _by_family(moved)[:MAX_SHARED]
-                        gone = {r.code for g in self.shared for r in g}
-                        self.main = [r for r in self.main if r.code not in gone]
-                self.child = prefork.hand(self.side, contexts, self.shared)
-                if self.child is None:      # no child after all: everything here
-                    self.side = [r for r in self.selected if r.own_process]
-                    self.main = [r for r in self.selected if not r.own_process]
-                    self.shared = []
+                        shared = _by_family(moved)[:MAX_SHARED]
+                self.child = prefork.hand(self.side, contexts, shared)
+                if self.child is not None:  # else no child after all: everything here
+                    self.shared = shared
+                    gone = {r.code for g in shared for r in g}
+                    self.main = [r for r in self.main if r.code not in gone]
             prefork.cancel()        # not used (or already handed over): let it go
 
     def cancel(self) -> None:
@@ -340,19 +340,21 @@ class Run:
 
     def _finish(self):
         contexts, child = self.contexts, self.child
-        results = [_run_serial(self.main, contexts)]
-        done = {r.code for r in self.main}
+        results, done = [], set()
+
+        def here(rules):
+            results.append(_run_serial(rules, contexts))
+            done.update(r.code for r in rules)
+        here(self.main)
         # the shared groups the child was not given (it will not have
         # worked ahead on what they need), then, while the child is still
         # on its own rules, those it was given and has not taken yet
         for i, g in enumerate(self.shared):
-            if child is None or i not in child.given:
-                results.append(_run_serial(g, contexts))
-                done.update(r.code for r in g)
-        while child is not None and child.busy() and (i := child.take()) is not None:
+            if i not in child.given:
+                here(g)
+        while self.shared and child.busy() and (i := child.take()) is not None:
             if i < len(self.shared):
-                results.append(_run_serial(self.shared[i], contexts))
-                done.update(r.code for r in self.shared[i])
+                here(self.shared[i])
         shared = [r for g in self.shared for r in g]
         if self.side or shared:
             got = child.result() if child is not None else None
@@ -512,12 +514,14 @@ class Prefork:
         def step(n):
             if flag is not None:
                 flag[1] = n
-        for r in self.rules:
-            if r.own_process:
+
+        def previews(rules):
+            for r in rules:
                 try:
                     r.preview(mbox)
                 except Exception:
                     pass
+        previews([r for r in self.rules if r.own_process])
         if not any(r.offload for r in self.rules):
             step(_AHEAD)
             return
@@ -533,12 +537,7 @@ class Prefork:
         if handed():
             return
         step(_OFFLOAD)
-        for r in self.rules:
-            if r.offload and not r.own_process:
-                try:
-                    r.preview(mbox)
-                except Exception:
-                    pass
+        previews([r for r in self.rules if r.offload and not r.own_process])
         step(_AHEAD)
 
     def preview(self, mbox: bytes) -> None:
@@ -580,12 +579,11 @@ class Prefork:
         child = self.child
         if child is None or self.to_child is None or self.mem is None or self.tickets is None:
             return None
-        was = gc.isenabled()
-        gc.disable()                # pickling makes no garbage worth a full collection
         try:
-            data = pickle.dumps((contexts, [r.code for r in rules], [[r.code for r in g] for g in shared]),
-                                protocol=pickle.HIGHEST_PROTOCOL)
-            child.given = _to_give(shared, child.flag[1] if child.flag is not None else _AHEAD)
+            with collector_paused():    # pickling makes no garbage worth a full collection
+                data = pickle.dumps((contexts, [r.code for r in rules], [[r.code for r in g] for g in shared]),
+                                    protocol=pickle.HIGHEST_PROTOCOL)
+            child.given = _to_give(shared, child.flag[1])
             os.write(self.tickets, bytes(child.given))
             os.close(self.tickets)      # no more: an empty pipe reads as the end
             self.tickets = None
@@ -593,9 +591,6 @@ class Prefork:
         except Exception as exc:
             log.debug("cannot hand the contexts over: %s", exc)
             sent = False
-        finally:
-            if was:
-                gc.enable()
         self.child = None           # the Run has it now (or nobody)
         self._close_fds()
         if not sent:
@@ -618,6 +613,21 @@ class Prefork:
                 except OSError:
                     pass
                 setattr(self, name, None)
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """The cyclic garbage collector off for a while: a review (or the
+    hand-over of its contexts) leaves almost no cyclic garbage, but
+    allocates enough to set off full collections of everything the process
+    holds (parse trees, caches), about 30 ms each."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _merge(results, selected: list[Rule]):
@@ -684,7 +694,7 @@ class _Child:
     failed (the caller then runs them itself).  take() hands out the
     shared rules, by index, to whichever process asks first."""
 
-    def __init__(self, pid: int, fd: int, tickets: int | None = None, flag=None):
+    def __init__(self, pid: int, fd: int, tickets: int, flag: mmap.mmap):
         self.pid, self.fd, self.tickets, self.flag = pid, fd, tickets, flag
         self.given: list[int] = []      # shared groups handed to it (tickets in the pipe)
 
@@ -693,7 +703,7 @@ class _Child:
 
     def busy(self) -> bool:
         """The child is still on its own rules."""
-        return self.flag is not None and self.flag[0] == 0
+        return self.flag[0] == 0
 
     def result(self):
         try:

@@ -1,9 +1,7 @@
 """The review pipeline: fetch, assemble, apply, run rules, render."""
 from __future__ import annotations
 
-import contextlib
 import email.utils
-import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,24 +76,27 @@ def review_source(source: str, opts: Options, stdin=None, progress=None,
     timer = _Timer()
     # the rules are found (their modules imported) while the thread is
     # fetched: the wait for lore leaves this process idle
-    rules = _Discovery()
+    discovery = _Discovery()
     try:
         with timer("fetch"):
             if progress:
                 progress("fetching " + (source if source != "-" else "standard input"))
             fetched = load_source(source, opts.lore_url, opts.policy, stdin=stdin)
     finally:
-        rules.join()
+        discovery.join()
     res = review_mbox(fetched.data, opts, want_msgid=fetched.msgid, timer=timer, progress=progress,
-                      prefork=prefork, rules=rules)
+                      prefork=prefork, discovery=discovery)
     res.source = fetched.origin
     return res
 
 
 def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer=None, progress=None,
-                prefork: engine.Prefork | None = None, rules: "_Discovery | None" = None) -> Result:
-    with _collector_paused():
-        return _review_all(data, opts, want_msgid, timer, progress, prefork, rules)
+                prefork: engine.Prefork | None = None, discovery: "_Discovery | None" = None) -> Result:
+    # a review leaves almost no cyclic garbage (a few hundred objects for a
+    # 17-patch series): the collector waits until it is over (the
+    # watcher's next cycle collects)
+    with engine.collector_paused():
+        return _review_all(data, opts, want_msgid, timer, progress, prefork, discovery)
 
 
 class _Discovery(threading.Thread):
@@ -123,28 +124,12 @@ class _Discovery(threading.Thread):
         return list(self._rules or ())
 
 
-@contextlib.contextmanager
-def _collector_paused():
-    """A review leaves almost no cyclic garbage (a few hundred objects for
-    a 17-patch series; the rest is freed by reference counting), but it
-    allocates enough to set off full collections of everything it holds
-    (parse trees, caches), about 30 ms each: the cyclic collector waits
-    until the review is over (the watcher's next cycle collects)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def _review_all(data, opts, want_msgid, timer, progress, early, found=None) -> Result:
+def _review_all(data, opts, want_msgid, timer, progress, early, discovery=None) -> Result:
     timer = timer or _Timer()
     if early is not None:
         early.preview(data)     # the rule process starts on the raw mail now
     with timer("rules"):
-        rules = found.result() if found is not None else engine.discover()
+        rules = discovery.result() if discovery is not None else engine.discover()
         # A big series: the duplicated-code search gets its process now
         # (or keeps the one forked early) and loads numpy and the index
         # while we assemble, apply and parse.  (How big, from the raw

@@ -167,10 +167,8 @@ class DuplicatedCode(Rule):
         for sp, codes, lines in self._old_functions(fv):
             if sp.start <= unit.start <= sp.end or sp.start <= unit.end <= sp.end:
                 continue
-            if not _alike(unit.codes, codes, True) or not _may_cover(unit.codes, codes, NEAR):
-                continue
-            lk = _likeness(unit.codes, codes)
-            if lk.coverage >= NEAR:
+            lk = _twin_likeness(unit.codes, codes, True)
+            if lk is not None:
                 return ("this file", unit.path, int(lines[lk.other_first]), int(lines[lk.other_last]),
                         sp.name, lk.coverage, True)
         return None
@@ -178,9 +176,9 @@ class DuplicatedCode(Rule):
     def _old_functions(self, fv):
         """The functions of a post-image that the patch does not add (new
         ones are the series check's)."""
-        got = self._old_funcs
         if fv.diff.is_new:
             return []               # a new file has none
+        got = self._old_funcs
         if got is None or got[0] is not fv:
             added = fv.added_lines
             funcs = [(sp, codes, lines) for sp, codes, lines in dx.function_codes(fv.post_text)
@@ -227,10 +225,8 @@ class DuplicatedCode(Rule):
                 if sum(1 for c in qc if c in sup) / len(qc) < CALLS:
                     continue
             for sp, codes, lines in dx.function_codes(text):
-                if not _alike(unit.codes, codes, True) or not _may_cover(unit.codes, codes, NEAR):
-                    continue
-                lk = _likeness(unit.codes, codes)
-                if lk.coverage >= NEAR:
+                lk = _twin_likeness(unit.codes, codes, True)
+                if lk is not None:
                     return ("tree", path, int(lines[lk.other_first]), int(lines[lk.other_last]),
                             sp.name, lk.coverage, True)
         return None
@@ -264,12 +260,8 @@ def _series_twin(unit, series_units, order, posting):
         if u is unit or order[id(u)] >= me:
             continue
         same_dir = os.path.dirname(u.path) == os.path.dirname(unit.path)
-        if not _alike(unit.codes, u.codes, same_dir):
-            continue
-        if not _may_cover(unit.codes, u.codes, NEAR if same_dir else FAR):
-            continue
-        lk = _likeness(unit.codes, u.codes)
-        if lk.coverage >= (NEAR if same_dir else FAR):
+        lk = _twin_likeness(unit.codes, u.codes, same_dir)
+        if lk is not None:
             return c, u, lk, same_dir
     return None
 
@@ -299,44 +291,47 @@ def _tree_twin(unit, idx, cands, touched):
                 continue
             found = _indexed_function_codes(func.blob, text, func.name, func.start, func.end)
         for sp, codes, lines in found:
-            if not _alike(unit.codes, codes, same_dir):
-                continue
-            if not _may_cover(unit.codes, codes, NEAR if same_dir else FAR):
-                continue
-            lk = _likeness(unit.codes, codes)
-            if lk.coverage >= (NEAR if same_dir else FAR):
+            lk = _twin_likeness(unit.codes, codes, same_dir)
+            if lk is not None:
                 return ("tree", func.path, int(lines[lk.other_first]), int(lines[lk.other_last]),
                         sp.name, lk.coverage, same_dir)
     return None
 
 
-def _likeness(query, other):
-    """dx.likeness(query, other), remembered by the two token sequences
-    (the rule process compares the files a series adds whole ahead)."""
-    key = (query.tobytes(), other.tobytes())
-    got = _LIKENESS.get(key)
-    if got is None:
-        got = _LIKENESS[key] = dx.likeness(query, other)
-        if len(_LIKENESS) > 1024:
-            _LIKENESS.popitem(last=False)
-    return got
-
-
-_LIKENESS: "OrderedDict[tuple, object]" = OrderedDict()
+def _twin_likeness(query, other, same_dir: bool):
+    """dx.likeness(query, other) when OTHER is a twin of QUERY (enough of
+    it found in order: NEAR in the same directory, FAR elsewhere), else
+    None; the cheap tests first, the likeness remembered by the two token
+    sequences (the rule process compares the files a series adds whole
+    ahead)."""
+    need = NEAR if same_dir else FAR
+    if not _alike(query, other, same_dir) or not _may_cover(query, other, need):
+        return None
+    lk = _remembered(_LIKENESS, 1024, (query.tobytes(), other.tobytes()), lambda: dx.likeness(query, other))
+    return lk if lk.coverage >= need else None
 
 
 def _indexed_function_codes(blob: str, text: str, name: str, start: int, end: int):
     """dx.indexed_function_codes() of the text of git blob BLOB, remembered
     (read-only) for the last few hundred candidates."""
-    key = (blob, name, start, end)
-    got = _CANDIDATES.get(key)
+    return _remembered(_CANDIDATES, 512, (blob, name, start, end),
+                       lambda: dx.indexed_function_codes(text, name, start, end))
+
+
+def _remembered(table: OrderedDict, size: int, key, make):
+    """TABLE[KEY], made by MAKE() when missing; the least recently used
+    entries go beyond SIZE."""
+    got = table.get(key)
     if got is None:
-        got = _CANDIDATES[key] = dx.indexed_function_codes(text, name, start, end)
-        if len(_CANDIDATES) > 512:
-            _CANDIDATES.popitem(last=False)
+        got = table[key] = make()
+        if len(table) > size:
+            table.popitem(last=False)
+    else:
+        table.move_to_end(key)
     return got
 
 
+_LIKENESS: "OrderedDict[tuple, object]" = OrderedDict()
 _CANDIDATES: "OrderedDict[tuple, list]" = OrderedDict()
 
 
@@ -486,24 +481,12 @@ _SUPERSETS: "OrderedDict[str, frozenset]" = OrderedDict()
 
 def _directory_texts(tree: str, base: str, udir: str, skip: frozenset) -> list[tuple[str, str]]:
     """dx.directory_texts(), remembered for the next patches of a series."""
-    key = (tree, base, udir, skip)
-    got = _DIRS.get(key)
-    if got is None:
-        got = _DIRS[key] = dx.directory_texts(tree, base, udir, set(skip))
-        if len(_DIRS) > 8:
-            _DIRS.popitem(last=False)
-    else:
-        _DIRS.move_to_end(key)
-    return got
+    return _remembered(_DIRS, 8, (tree, base, udir, skip),
+                       lambda: dx.directory_texts(tree, base, udir, set(skip)))
 
 
 def _superset(text: str) -> frozenset:
-    got = _SUPERSETS.get(text)
-    if got is None:
-        got = _SUPERSETS[text] = dx.call_code_superset(text)
-        if len(_SUPERSETS) > 256:
-            _SUPERSETS.popitem(last=False)
-    return got
+    return _remembered(_SUPERSETS, 256, text, lambda: dx.call_code_superset(text))
 
 
 def _final_images(ctx) -> dict[str, str]:

@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from reviewbot import dupindex as dx  # noqa: E402
+from reviewbot.tree import dupindex as dx  # noqa: E402
 from support import ktree  # noqa: E402
 
 # 17 real functions (path, name) removed and added back by the series

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from support import ktree  # noqa: E402
 from support.lore import LoreServer  # noqa: E402
 
-from reviewbot import cparse  # noqa: E402
+from reviewbot.analysis import cparse  # noqa: E402
 
 CACHE = Path(os.environ.get("REVIEWBOT_BENCH_CACHE", Path.home() / ".cache" / "reviewbot-bench"))
 SERIES_FILES = {"net/core/sock_map.c": 6, "net/ipv4/tcp_bpf.c": 5, "net/core/filter.c": 7}

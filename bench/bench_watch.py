@@ -61,7 +61,7 @@ def archive(n: int) -> list[bytes]:
 
 def child(url: str, state: str, outbox: str) -> None:
     """One poll in this process; print figures as JSON."""
-    from reviewbot import watch as w
+    from reviewbot.watch import watcher as w
     opts = w.WatchOptions(lore_url=url, targets=w.make_targets(url, ["dccp"], [], {}), state=state,
                           outbox=outbox, since="20000101")
     watcher = w.Watcher(opts)

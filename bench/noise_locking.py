@@ -26,7 +26,7 @@ from reviewbot.errors import ReviewbotError
 from reviewbot.review import Options, review_mbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from rules import _lockflow as lf  # noqa: E402
+from reviewbot.analysis import lockflow as lf  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "lists"
 CODES = sorted(r.code for r in engine.discover() if r.family == "locking")

@@ -14,8 +14,7 @@ Each run is a fresh process (a cold review, as `reviewbot review` does):
 one in which each rule is timed on its own, in code order (the first rule
 touching a file pays for its parse and for whatever caches it fills), and
 one measuring the stages as the review runs them (all rules in one
-engine.start/finish, the duplicated-code rules forked off before the
-parse).  Medians over the runs are shown, and the peak RSS.
+engine.run).  Medians over the runs are shown, and the peak RSS.
 --json-out writes the findings (per patch and series) as JSON, to compare
 before/after a change.
 """
@@ -33,7 +32,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reviewbot import engine, review  # noqa: E402
+from reviewbot import engine
+from reviewbot import review  # noqa: E402
 
 CACHE = pathlib.Path(os.path.expanduser("~/.cache/reviewbot-bench"))
 
@@ -48,35 +48,24 @@ def _inputs(large: bool) -> bytes:
 
 def one_run(data: bytes, per_rule: bool) -> tuple[dict, dict, review.Result]:
     times: dict[str, float] = {}
-    orig_start = engine.start
+    orig_run = engine.run
 
-    class _PerRule:
-        """Each rule alone, in this process, then the real run."""
-
-        def __init__(self, rules, contexts, only, prefork=None):
-            self.args = (rules, contexts, only)
-            if prefork is not None:
-                prefork.cancel()
-
-        def cancel(self):
-            pass
-
-        def finish(self):
-            rules, contexts, only = self.args
-            for r in rules:
-                if only and r.code not in only and r.name not in only:
-                    continue
-                t = time.perf_counter()
-                orig_start([r], contexts, only).finish()
-                times[r.code] = time.perf_counter() - t
-            return orig_start(rules, contexts, only).finish()
+    def per_rule_run(rules, contexts, only=None):
+        """Each rule alone, then the real run."""
+        for r in rules:
+            if only and r.code not in only and r.name not in only:
+                continue
+            t = time.perf_counter()
+            orig_run([r], contexts, only)
+            times[r.code] = time.perf_counter() - t
+        return orig_run(rules, contexts, only)
 
     if per_rule:
-        review.engine.start = _PerRule
+        engine.run = per_rule_run
     try:
         res = review.review_mbox(data, review.Options(tree=str(CACHE / "tree")))
     finally:
-        review.engine.start = orig_start
+        engine.run = orig_run
     return times, res.timings, res
 
 

@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import ReviewbotError
+from reviewbot import __version__
+from reviewbot.errors import ReviewbotError
 
 
 class Progress:
@@ -35,7 +35,7 @@ class Progress:
 
 
 def _settings(ctx: click.Context, validate: bool = True):
-    from . import config
+    from reviewbot import config
     obj = ctx.find_root().obj or {}
     if "settings" not in obj:
         obj["settings"] = config.load(obj.get("overrides", ()))
@@ -68,21 +68,15 @@ def cli(ctx: click.Context, overrides, verbose):
 @click.pass_context
 def review(ctx, source, lore_url, tree, base, fmt, mbox_out, from_, min_confidence, rules):
     """Review the series in SOURCE: a Message-ID, a lore URL, an mbox file or '-'."""
-    from . import engine
     s = _settings(ctx)
-    # the rule process, forked now: it loads numpy and the tree index while
-    # this one imports the mail stack and fetches the thread
-    early = engine.Prefork.early(set(rules) or None, tree or s.get("tree"))
-    try:
-        _review(s, early, source, lore_url, tree, base, fmt, mbox_out, from_, min_confidence, rules)
-    finally:
-        early.cancel()
+    _review(s, source, lore_url, tree, base, fmt, mbox_out, from_, min_confidence, rules)
 
 
-def _review(s, early, source, lore_url, tree, base, fmt, mbox_out, from_, min_confidence, rules):
-    from . import outbox, report
-    from .fetch import HttpPolicy
-    from .review import Options, parse_reviewer, review_source, to_json
+def _review(s, source, lore_url, tree, base, fmt, mbox_out, from_, min_confidence, rules):
+    from reviewbot.reply import outbox
+    from reviewbot.reply import report
+    from reviewbot.lore.fetch import HttpPolicy
+    from reviewbot.review import Options, parse_reviewer, review_source, to_json
 
     opts = Options(
         lore_url=lore_url or s.get("lore-url"),
@@ -96,7 +90,7 @@ def _review(s, early, source, lore_url, tree, base, fmt, mbox_out, from_, min_co
     fmt = fmt or s.get("format")
     progress = Progress()
     try:
-        res = review_source(source, opts, progress=progress, prefork=early)
+        res = review_source(source, opts, progress=progress)
     finally:
         progress.done()
     written = []
@@ -117,7 +111,7 @@ def _review(s, early, source, lore_url, tree, base, fmt, mbox_out, from_, min_co
 def rules(ctx):
     """List the review rules (`rules explain CODE` for one rule's documentation)."""
     if ctx.invoked_subcommand is None:
-        from .engine import discover
+        from reviewbot.engine import discover
         for r in discover():
             click.echo(f"{r.code:<8} {r.name:<32} {r.family:<18} {r.severity:<8} {r.confidence}")
 
@@ -126,7 +120,7 @@ def rules(ctx):
 @click.argument("code")
 def explain(code):
     """Print the documentation of rule CODE (code or name)."""
-    from .engine import discover
+    from reviewbot.engine import discover
     for r in discover():
         if code in (r.code, r.name):
             click.echo(f"{r.code} {r.name} (family {r.family}, severity {r.severity}, confidence {r.confidence})\n")
@@ -152,7 +146,7 @@ def _load_optional(name: str):
         return None
 
 
-for _mod in ("checkcmd", "watchcmd", "indexcmd"):
+for _mod in ("reply.checkcmd", "watch.command", "tree.indexcmd"):
     _m = _load_optional(_mod)
     if _m is not None and hasattr(_m, "register"):
         _m.register(cli)

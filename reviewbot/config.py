@@ -83,7 +83,7 @@ NUMBERS = {"timeout": float, "retries": int, "grace-hours": float}
 
 
 def validate(s: Settings) -> Settings:
-    from .errors import ReviewbotError
+    from reviewbot.errors import ReviewbotError
     for key, allowed in CHOICES.items():
         v = s.get(key)
         if v is not None and v not in allowed:

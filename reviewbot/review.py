@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import email.utils
-import threading
 import time
 from dataclasses import dataclass, field
 
-from . import apply as applymod
-from . import diffmodel, engine, mail, render, series as seriesmod
-from .errors import ReviewbotError
-from .fetch import DEFAULT_LORE, HttpPolicy, load_source
-from .findings import Finding, confidence_at_least
+from reviewbot.tree import apply as applymod
+from reviewbot.analysis import diffmodel
+from reviewbot import engine
+from reviewbot.lore import mail
+from reviewbot.reply import render
+from reviewbot.lore import series as seriesmod
+from reviewbot.errors import ReviewbotError
+from reviewbot.lore.fetch import DEFAULT_LORE, HttpPolicy, load_source
+from reviewbot.findings import Finding, confidence_at_least
 
 
 @dataclass
@@ -69,84 +72,27 @@ def parse_reviewer(text: str) -> tuple[str, str]:
     return (name, addr)
 
 
-def review_source(source: str, opts: Options, stdin=None, progress=None,
-                  prefork: engine.Prefork | None = None) -> Result:
-    """Fetch and review SOURCE.  PREFORK: an engine.Prefork.early() made by
-    the caller before its imports, for the rule process to use."""
+def review_source(source: str, opts: Options, stdin=None, progress=None) -> Result:
+    """Fetch and review SOURCE (a Message-ID, a lore URL, an mbox path or '-')."""
     timer = _Timer()
-    # the rules are found (their modules imported) while the thread is
-    # fetched: the wait for lore leaves this process idle
-    discovery = _Discovery()
-    try:
-        with timer("fetch"):
-            if progress:
-                progress("fetching " + (source if source != "-" else "standard input"))
-            fetched = load_source(source, opts.lore_url, opts.policy, stdin=stdin)
-    finally:
-        discovery.join()
-    res = review_mbox(fetched.data, opts, want_msgid=fetched.msgid, timer=timer, progress=progress,
-                      prefork=prefork, discovery=discovery)
+    with timer("fetch"):
+        if progress:
+            progress("fetching " + (source if source != "-" else "standard input"))
+        fetched = load_source(source, opts.lore_url, opts.policy, stdin=stdin)
+    res = review_mbox(fetched.data, opts, want_msgid=fetched.msgid, timer=timer, progress=progress)
     res.source = fetched.origin
     return res
 
 
-def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer=None, progress=None,
-                prefork: engine.Prefork | None = None, discovery: "_Discovery | None" = None) -> Result:
-    # a review leaves almost no cyclic garbage (a few hundred objects for a
-    # 17-patch series): the collector waits until it is over (the
-    # watcher's next cycle collects)
-    with engine.collector_paused():
-        return _review_all(data, opts, want_msgid, timer, progress, prefork, discovery)
-
-
-class _Discovery(threading.Thread):
-    """engine.discover() in a thread of its own (it imports the rule
-    modules: CPU work that fits in the wait for the network).  join()
-    before anything forks; result() is discover()'s answer, or raises
-    what it raised."""
-
-    def __init__(self):
-        super().__init__(name="reviewbot-discover", daemon=True)
-        self._rules: list | None = None
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self._rules = engine.discover()
-        except BaseException as exc:     # handed to result()
-            self._error = exc
-
-    def result(self) -> list:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return list(self._rules or ())
-
-
-def _review_all(data, opts, want_msgid, timer, progress, early, discovery=None) -> Result:
+def review_mbox(data: bytes, opts: Options, want_msgid: str | None = None, timer=None, progress=None) -> Result:
+    """Review the series in the mbox DATA (WANT_MSGID: the message asked for)."""
     timer = timer or _Timer()
-    if early is not None:
-        early.preview(data)     # the rule process starts on the raw mail now
     with timer("rules"):
-        rules = discovery.result() if discovery is not None else engine.discover()
-        # A big series: the duplicated-code search gets its process now
-        # (or keeps the one forked early) and loads numpy and the index
-        # while we assemble, apply and parse.  (How big, from the raw
-        # mail: added lines, any file.)
-        added = data.count(b"\n+") - data.count(b"\n+++")
-        if early is not None:
-            prefork = early.adopt(rules, added)
-        else:
-            prefork = engine.Prefork(rules, added, opts.only_rules, tree=opts.tree)
-            prefork.preview(data)
-    try:
-        return _review_mbox(data, opts, want_msgid, timer, progress, rules, prefork)
-    finally:
-        prefork.cancel()
+        rules = engine.discover()
+    return _review_mbox(data, opts, want_msgid, timer, progress, rules)
 
 
-def _review_mbox(data, opts, want_msgid, timer, progress, rules, prefork) -> Result:
+def _review_mbox(data, opts, want_msgid, timer, progress, rules) -> Result:
     with timer("assemble"):
         groups, notes = mail.split_mbox(data)
         if not groups:
@@ -203,23 +149,16 @@ def _review_mbox(data, opts, want_msgid, timer, progress, rules, prefork) -> Res
                                                     base=base))
             for c in contexts:
                 c.all_patches = contexts
+        with timer("parse"):
+            for c in contexts:
+                for fv in c.c_files():
+                    # parse now (memoised by content), so that the
+                    # rules stage measures the rules
+                    fv.post_tree
+                    if not fv.diff.is_new:
+                        fv.pre_tree
         with timer("rules"):
-            # the own-process rules (duplicated code) start now, in a
-            # forked process, and run while this one parses
-            run = engine.start(rules, contexts, opts.only_rules, prefork=prefork)
-        try:
-            with timer("parse"):
-                for c in contexts:
-                    for fv in c.c_files():
-                        # parse now (memoised by content), so that the
-                        # rules stage measures the rules
-                        fv.post_tree
-                        if not fv.diff.is_new:
-                            fv.pre_tree
-            with timer("rules"):
-                per_patch, series_findings, rule_notes = run.finish()
-        finally:
-            run.cancel()
+            per_patch, series_findings, rule_notes = engine.run(rules, contexts, opts.only_rules)
         with timer("rules"):
             notes.extend(rule_notes)
             for r in results:

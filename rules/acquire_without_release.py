@@ -4,13 +4,13 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyPattern
-from reviewbot.rulekit import STATUS_ACQUIRES, release_names
-from reviewbot.rules import _release_common as rc
-from reviewbot.rules.rt_common import any_in_range
+from reviewbot.analysis.lazy import LazyPattern
+from reviewbot.analysis.rulekit import STATUS_ACQUIRES, release_names
+from reviewbot.analysis import release as rc
+from reviewbot.analysis.rt import any_in_range
 
 _PERNET_EXITS = ("exit", "exit_batch", "pre_exit", "exit_batch_rtnl")
 _TRANSFER_RE = LazyPattern(r"(add|insert|store|set|assign|queue|attach|link|push|publish|install|"
@@ -84,7 +84,6 @@ class AcquireWithoutRelease(Rule):
     code = "REL003"
     name = "acquire-without-release"
     family = "missing-release"
-    offload = True          # reads the whole-file facts cparse.warm() makes ahead
     severity = "warning"
     confidence = "medium"
 

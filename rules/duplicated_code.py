@@ -4,13 +4,12 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-from reviewbot.diffmodel import whole_new_files
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyModule
+from reviewbot.analysis.lazy import LazyModule
 
 np = LazyModule("numpy")
-dx = LazyModule("reviewbot.dupindex")
+dx = LazyModule("reviewbot.tree.dupindex")
 
 NEAR = 0.85          # share of the added code found in a twin in the same directory
 FAR = 0.92           # ... in a twin elsewhere in the tree
@@ -62,43 +61,10 @@ class DuplicatedCode(Rule):
     family = "duplicated-helper"
     severity = "info"
     confidence = "medium"
-    own_process = True
-
     def __init__(self):
         self._units: dict[int, list[tuple[object, dx.Unit]]] = {}
         self._postings = None
         self._old_funcs = None
-        self._warm = None
-
-    def prepare(self, tree: str | None) -> None:
-        if tree:
-            self._warm = dx.warm(tree)   # imports numpy and the index module, loads the index
-        else:
-            dx.K                # imports numpy and the index module
-
-    def preview(self, mbox: bytes) -> None:
-        """The files the series adds whole are all in the mail: their units
-        are tokenised, fingerprinted, looked up in the index of the tree's
-        HEAD and compared with their candidate twins, ahead of the review
-        (which then finds all that in the caches, keyed by the text, the
-        fingerprints and the token codes)."""
-        touched = dict(whole_new_files(mbox))
-        units = []
-        for path, post in touched.items():
-            if path.startswith(SKIP_PREFIXES) or not path.endswith((".c", ".h")):
-                continue
-            units += dx.added_units(path, post, set(range(1, post.count("\n") + 1)), MIN_TOKENS)
-        if not units:
-            return
-        _prime_fps([u.codes for u in units])
-        # the comparisons check_patch() makes for a series of these files
-        series_units = [(None, u) for u in units]
-        order = {id(u): (0, u.path, u.start) for u in units}
-        posting = _posting(series_units)
-        cands = self._tree_candidates(units, self._warm, touched) if self._warm is not None else {}
-        for u in units:
-            if _series_twin(u, series_units, order, posting) is None and self._warm is not None:
-                _tree_twin(u, self._warm, cands.get(id(u), ()), touched)
 
     def check_patch(self, ctx: PatchContext):
         series_units = self._series_units(ctx)

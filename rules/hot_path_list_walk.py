@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
-from reviewbot.lazy import LazyPattern
+from reviewbot.analysis.lazy import LazyPattern
 
-from .rt_common import functions_touched, params_of
+from reviewbot.analysis.rt import functions_touched, params_of
 
 _LIST_MACRO_RE = LazyPattern(r"^h?list_for_each(?:_entry)?(?:_rcu|_safe|_continue|_from|_reverse)*$")
 _WALK_FIELDS = {"next", "prev", "parent", "link", "sibling"}

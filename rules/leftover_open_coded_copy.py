@@ -6,9 +6,9 @@ import re
 
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyModule
+from reviewbot.analysis.lazy import LazyModule
 
-dx = LazyModule("reviewbot.dupindex")
+dx = LazyModule("reviewbot.tree.dupindex")
 
 EXTRACTED = 0.5      # share of the new helper's body that the patch removed elsewhere
 LEFTOVER = 0.7       # share of the helper's body still found, in order, in another function
@@ -53,7 +53,6 @@ class LeftoverOpenCodedCopy(Rule):
     family = "duplicated-helper"
     severity = "info"
     confidence = "medium"
-    own_process = True
 
     def check_patch(self, ctx: PatchContext):
         helpers = list(_extracted_helpers(ctx))

@@ -1,11 +1,11 @@
 """lock-imbalance (LCK002): a new path leaves a function with a lock held."""
 from __future__ import annotations
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
-from . import _lockflow as lf
+from reviewbot.analysis import lockflow as lf
 
 
 class LockImbalance(Rule):
@@ -52,10 +52,7 @@ class LockImbalance(Rule):
     code = "LCK002"
     name = "lock-imbalance"
     family = "locking"
-    offload = True          # shares the lock flows with the other LCK rules
 
-    def preview(self, mbox: bytes) -> None:
-        lf.preview(mbox)
     severity = "error"
     confidence = "high"
 

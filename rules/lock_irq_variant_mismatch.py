@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyPattern
+from reviewbot.analysis.lazy import LazyPattern
 
-from . import _lockflow as lf
+from reviewbot.analysis import lockflow as lf
 
 _CTX_FN = LazyPattern(r"(_irq|_isr|interrupt|_handler|_timer|timer_|_rcv|tasklet|_poll|napi|softirq|_bh)",
                      re.I)
@@ -65,10 +65,7 @@ class LockIrqVariantMismatch(Rule):
     code = "LCK004"
     name = "lock-irq-variant-mismatch"
     family = "locking"
-    offload = True          # shares the lock flows with the other LCK rules
 
-    def preview(self, mbox: bytes) -> None:
-        lf.preview(mbox)
     severity = "warning"
     confidence = "low"
 

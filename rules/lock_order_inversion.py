@@ -7,7 +7,7 @@ from typing import NamedTuple
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
-from . import _lockflow as lf
+from reviewbot.analysis import lockflow as lf
 
 
 class Edge(NamedTuple):
@@ -125,10 +125,7 @@ class LockOrderInversion(Rule):
     code = "LCK001"
     name = "lock-order-inversion"
     family = "locking"
-    offload = True          # shares the lock flows with the other LCK rules
 
-    def preview(self, mbox: bytes) -> None:
-        lf.preview(mbox)
     severity = "error"
     confidence = "high"
 

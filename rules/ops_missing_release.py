@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import re
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyPattern
-from reviewbot.rulekit import (LIFECYCLE_MEMBERS, OPS_ALWAYS_ACQUIRE, OPS_MEMBER_PAIRS,
+from reviewbot.analysis.lazy import LazyPattern
+from reviewbot.analysis.rulekit import (LIFECYCLE_MEMBERS, OPS_ALWAYS_ACQUIRE, OPS_MEMBER_PAIRS,
                                OPS_NOOP_VALUES, OPS_TYPED_PAIRS)
-from reviewbot.rules import _release_common as rc
-from reviewbot.rules.rt_common import any_in_range
+from reviewbot.analysis import release as rc
+from reviewbot.analysis.rt import any_in_range
 
 # Tables handled elsewhere: pernet_operations by acquire-without-release (REL003).
 _SKIP_TYPES = {"pernet_operations"}
@@ -74,7 +74,6 @@ class OpsMissingRelease(Rule):
     code = "REL001"
     name = "ops-missing-release"
     family = "missing-release"
-    offload = True          # reads the whole-file facts cparse.warm() makes ahead
     severity = "warning"
     confidence = "medium"
 

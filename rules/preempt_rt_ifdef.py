@@ -1,11 +1,11 @@
 """preempt-rt-ifdef (RT001): locking made conditional on CONFIG_PREEMPT_RT."""
 from __future__ import annotations
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyPattern
-from reviewbot.rulekit import LOCK_CALLS, is_rt_core
+from reviewbot.analysis.lazy import LazyPattern
+from reviewbot.analysis.rulekit import LOCK_CALLS, is_rt_core
 
 _RT_RE = LazyPattern(r"\bCONFIG_PREEMPT_RT(?:_FULL|_BASE)?\b")
 # calls that make a block "locking" (irq/preempt/bh disabling alone does not)

@@ -2,13 +2,13 @@
 to protect shared data, where a lock is needed."""
 from __future__ import annotations
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyPattern
-from reviewbot.rulekit import is_rt_core, matches_any
+from reviewbot.analysis.lazy import LazyPattern
+from reviewbot.analysis.rulekit import is_rt_core, matches_any
 
-from .rt_common import (IRQ_OFF, PAIRS, PERCPU_RE, locals_of, release_matches,
+from reviewbot.analysis.rt import (IRQ_OFF, PAIRS, PERCPU_RE, locals_of, release_matches,
                         root_ident, functions_touched)
 
 TRIGGERS = IRQ_OFF | {"preempt_disable"}

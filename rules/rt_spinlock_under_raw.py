@@ -7,13 +7,13 @@ import re
 from collections import OrderedDict
 from functools import lru_cache
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyPattern
-from reviewbot.rulekit import matches_any
+from reviewbot.analysis.lazy import LazyPattern
+from reviewbot.analysis.rulekit import matches_any
 
-from .rt_common import IRQ_OFF, PREEMPT_OFF, RAW_LOCKS, SLEEPING_SPIN, functions_touched, walk_held
+from reviewbot.analysis.rt import IRQ_OFF, PREEMPT_OFF, RAW_LOCKS, SLEEPING_SPIN, functions_touched, walk_held
 
 # architectures without PREEMPT_RT support: their irq-off + spin_lock is not an RT bug
 RT_ARCHES = ("x86", "arm", "arm64", "powerpc", "riscv", "loongarch")

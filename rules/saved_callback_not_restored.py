@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import re
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
-from reviewbot.lazy import LazyPattern
-from reviewbot.rules import _release_common as rc
+from reviewbot.analysis.lazy import LazyPattern
+from reviewbot.analysis import release as rc
 
 _PREFIX_RE = LazyPattern(r"^(saved|save|orig|original|old|prev)_(\w+)$")
 # an item without one of those prefixes anywhere cannot hold a save
@@ -54,7 +54,6 @@ class SavedCallbackNotRestored(Rule):
     code = "REL002"
     name = "saved-callback-not-restored"
     family = "missing-release"
-    offload = True          # reads the whole-file facts cparse.warm() makes ahead
     severity = "warning"
     confidence = "medium"
 

@@ -6,7 +6,7 @@ from collections import Counter
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
-from . import _lockflow as lf
+from reviewbot.analysis import lockflow as lf
 
 
 class SleepInAtomic(Rule):
@@ -51,10 +51,7 @@ class SleepInAtomic(Rule):
     code = "LCK003"
     name = "sleep-in-atomic"
     family = "locking"
-    offload = True          # shares the lock flows with the other LCK rules
 
-    def preview(self, mbox: bytes) -> None:
-        lf.preview(mbox)
     severity = "error"
     confidence = "high"
 

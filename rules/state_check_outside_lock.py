@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
-from . import _lockflow as lf
+from reviewbot.analysis import lockflow as lf
 
 
 def held_base(h: lf.Held) -> str:
@@ -86,10 +86,7 @@ class StateCheckOutsideLock(Rule):
     code = "LCK005"
     name = "state-check-outside-lock"
     family = "locking"
-    offload = True          # shares the lock flows with the other LCK rules
 
-    def preview(self, mbox: bytes) -> None:
-        lf.preview(mbox)
     severity = "warning"
     confidence = "medium"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyPattern
-from reviewbot.rulekit import matches_any
+from reviewbot.analysis.lazy import LazyPattern
+from reviewbot.analysis.rulekit import matches_any
 
 UAPI_GLOBS = ("include/uapi/*", "arch/*/include/uapi/*")
 _RESERVED_RE = LazyPattern(r"^(?:__)?(?:reserved|resv|rsvd|pad|padding|unused|spare)\w*$")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
-from reviewbot.lazy import LazyPattern
+from reviewbot.analysis.lazy import LazyPattern
 
-from .rt_common import functions_touched, locals_of, norm, walk_held
+from reviewbot.analysis.rt import functions_touched, locals_of, norm, walk_held
 
 # unlocked helper -> index of its queue argument
 UNLOCKED = {"__skb_queue_tail": 0, "__skb_queue_head": 0, "__skb_dequeue": 0,

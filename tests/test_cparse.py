@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 
 FIXTURE_C = sorted({p for p in (Path(__file__).resolve().parent.parent / "rules" / "fixtures").rglob("*.c")},
                    key=lambda p: p.name)[:25]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reviewbot import dupindex as dx
+from reviewbot.tree import dupindex as dx
 from support import ktree
 
 FILES = ["net/core/sock_map.c", "kernel/bpf/cgroup.c", "net/core/flow_dissector.c",

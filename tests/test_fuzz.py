@@ -12,7 +12,9 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
-from reviewbot import diffmodel, mail, series
+from reviewbot.analysis import diffmodel
+from reviewbot.lore import mail
+from reviewbot.lore import series
 from reviewbot.errors import ReviewbotError
 from reviewbot.review import Options, review_mbox
 

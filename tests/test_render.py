@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from reviewbot import diffmodel, render
+from reviewbot.analysis import diffmodel
+from reviewbot.reply import render
 from reviewbot.findings import Finding
 
 DIFF = """\

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reviewbot import dupindex as dx
+from reviewbot.tree import dupindex as dx
 from reviewbot.review import Options, review_mbox
 from support import ktree
 

@@ -186,8 +186,8 @@ def test_utf8_names_and_from_lines(tmp_path, smtp):
 def test_reply_body_lines_survive(tmp_path, smtp):
     """Lines an mbox writer or a mailer likes to touch: 'From ' at the
     start, '>From', a lone '.', trailing spaces, a long line."""
-    from reviewbot import outbox
-    from reviewbot.render import ReplyDraft
+    from reviewbot.reply import outbox
+    from reviewbot.reply.render import ReplyDraft
     port, sink = smtp
     body = ("Hi,\n\nFrom the look of it this is racy.\n>From a mangled archive\n.\n"
             "trailing spaces   \n" + "x" * 300 + "\n\n-- \nJörg\n")

@@ -393,10 +393,10 @@ def whole_file_mbox(dest: Path, path: str) -> Path:
 
 def review_json(args: list[str], **env: str) -> dict:
     """`reviewbot review ARGS --format json` in a fresh process, with ENV
-    set (REVIEWBOT_JOBS unset unless given); the JSON without timings."""
+    set; the JSON without timings."""
     import json
     import sys
-    full = {k: v for k, v in os.environ.items() if k != "REVIEWBOT_JOBS"}
+    full = dict(os.environ)
     full.update(env)
     proc = subprocess.run([sys.executable, "-c", "from reviewbot.cli import main; main()", "review",
                            *args, "--format", "json"], capture_output=True, text=True, env=full)

@@ -33,9 +33,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from reviewbot import cparse
-from reviewbot.diffmodel import whole_new_files
-from reviewbot.lazy import LazyPattern
+from reviewbot.analysis import cparse
+from reviewbot.analysis.lazy import LazyPattern
 
 # ---------------------------------------------------------------------------
 # vocabulary
@@ -947,30 +946,6 @@ def image(fv, which: str) -> ImageInfo:
         info = _image(tree, _shown_lines(fv, which == "post"))
     per[which] = info
     return info
-
-
-def warm(tree) -> None:
-    """The analysis of a whole image done ahead of the rules (the rule
-    process, working ahead on the files a series adds whole): which
-    functions may hold a lock, their lock flows, every summary.  Kept with
-    the tree, where image() finds it."""
-    m = cparse._memo(tree.root_node)
-    info = m.get("_lockflow.image")
-    if info is None:
-        info = m["_lockflow.image"] = _image(tree, None)
-    for f in info.functions:
-        if may_lock(info, f.name):
-            flow_of(info, f.name)
-        info.summaries.get(f.name)
-
-
-def preview(mbox: bytes) -> None:
-    """warm() the C files a raw mail adds whole (Rule.preview of the
-    locking rules: the first one does the work, the others find it done
-    in the memos)."""
-    for path, text in whole_new_files(mbox):
-        if path.endswith((".c", ".h")):
-            warm(cparse.parse(text))
 
 
 def _image(tree, shown: set[int] | None) -> ImageInfo:

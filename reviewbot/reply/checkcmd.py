@@ -23,7 +23,7 @@ import sys
 
 import click
 
-from .errors import ReviewbotError, TreeError
+from reviewbot.errors import ReviewbotError, TreeError
 
 # What b4 writes for each severity (checkpatch's words).  Info findings
 # are checkpatch's CHECK: level: printed only with --strict.
@@ -199,9 +199,9 @@ def register(cli: click.Group) -> None:
           git config b4.am-perpatch-check-cmd "reviewbot check"
           git config b4.review-perpatch-check-cmd "reviewbot check --format b4-review"
         """
-        from .cli import _settings
-        from .findings import confidence_at_least
-        from .review import Options, review_mbox
+        from reviewbot.cli import _settings
+        from reviewbot.findings import confidence_at_least
+        from reviewbot.review import Options, review_mbox
 
         s = _settings(ctx)
         if patch == "-":

@@ -4,9 +4,9 @@ Not a rule module (the leading underscore keeps discovery away).
 """
 from __future__ import annotations
 
-from reviewbot import cparse
+from reviewbot.analysis import cparse
 from reviewbot.engine import FileView, PatchContext
-from reviewbot.rulekit import release_names
+from reviewbot.analysis.rulekit import release_names
 
 # Calls that allocate state which a matching release hook must free, beyond
 # the pairs that release_names() knows.

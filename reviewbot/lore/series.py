@@ -8,8 +8,9 @@ import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from . import diffmodel, mail
-from .mail import Copies
+from reviewbot.analysis import diffmodel
+from reviewbot.lore import mail
+from reviewbot.lore.mail import Copies
 
 
 def _b4():

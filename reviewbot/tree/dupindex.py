@@ -472,7 +472,7 @@ def _index_entries(env: dict, entries: list[tuple[int, str, str]], procs: int):
             nfun += len(rows)
 
     if procs > 1 and len(chunks) > 1:
-        ctx = multiprocessing.get_context("fork")
+        ctx = multiprocessing.get_context("spawn")   # index time only; workers start clean
         with ctx.Pool(procs, initializer=_worker_init, initargs=(env,)) as pool:
             for res in pool.imap(_index_chunk, chunks):
                 collect(res)
@@ -615,41 +615,6 @@ def _cached_segments(cache: Path, tree: str) -> "tuple[_Segment, _Segment | None
     if not (base / "meta.json").exists():
         return None
     return _segment(base), seg
-
-
-def warm(tree: str) -> "DupIndex | None":
-    """Load the cached index of TREE's HEAD, if there is one (done ahead of
-    a review, in the rule process, while the series is being applied)."""
-    try:
-        commit, commit_tree = _git(git_env(tree), "rev-parse", "HEAD^{commit}", "HEAD^{tree}").decode().split()
-        got = _cached_segments(default_cache_dir(), commit_tree)
-        mode = os.environ.get("REVIEWBOT_DUPINDEX", "auto")
-        if got is not None and mode != "off":
-            # what index_for(tree, HEAD) will be asked for: no git calls then
-            idx = _OPEN.setdefault((tree, commit, mode, str(default_cache_dir())), DupIndex(tree, *got))
-            if idx is not None:
-                for seg in (idx.base, idx.delta):
-                    if seg is not None:
-                        _populate(seg.hash)     # every lookup searches it
-                idx._blob_reader()              # git cat-file started, its pack index read
-            return idx
-    except (RuntimeError, OSError, ValueError):
-        pass
-    return None
-
-
-def _populate(arr: np.ndarray) -> None:
-    """Map the pages of a memory-mapped array in now (MADV_POPULATE_READ,
-    Linux 5.14+; else nothing): the searches that follow then take no
-    page faults."""
-    m = arr
-    while m is not None and not hasattr(m, "_mmap"):
-        m = m.base
-    try:
-        if m is not None and m._mmap is not None:
-            m._mmap.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 class _Segment:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import click
 
-from .errors import ReviewbotError
+from reviewbot.errors import ReviewbotError
 
 
 class WatchBusy(ReviewbotError):
@@ -48,7 +48,7 @@ def parse_reviewer(text: str | None) -> tuple[str, str]:
 
 
 def register(cli: click.Group) -> None:
-    from .cli import _settings
+    from reviewbot.cli import _settings
 
     @cli.group(invoke_without_command=True)
     @click.option("--lore-url", help="public-inbox server (default https://lore.kernel.org/; git config reviewbot.lore-url).")
@@ -91,8 +91,8 @@ def register(cli: click.Group) -> None:
         ctx.obj["watch_state"] = state_path
         if ctx.invoked_subcommand is not None:
             return
-        from . import watch as w
-        from .fetch import HttpPolicy
+        from reviewbot.watch import watcher as w
+        from reviewbot.lore.fetch import HttpPolicy
 
         s = _settings(ctx)
         if once and interval is not None:
@@ -166,7 +166,7 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def status(ctx, state_path, as_json):
         """Show pending, reviewed and failed series and the last poll of each list."""
-        from .state import State
+        from reviewbot.watch.state import State
         s = _settings(ctx)
         path = _state_path(state_path or (ctx.obj or {}).get("watch_state"), s)
         if not os.path.exists(path):

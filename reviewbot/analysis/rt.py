@@ -10,9 +10,9 @@ import bisect
 import re
 from typing import NamedTuple
 
-from reviewbot import cparse
-from reviewbot.lazy import LazyPattern
-from reviewbot.rulekit import LOCK_PAIRS
+from reviewbot.analysis import cparse
+from reviewbot.analysis.lazy import LazyPattern
+from reviewbot.analysis.rulekit import LOCK_PAIRS
 
 # acquire -> release, with the few irq/preempt pairs rulekit does not list
 PAIRS = dict(LOCK_PAIRS)

@@ -671,16 +671,6 @@ def _chunkwise(tree: tree_sitter.Tree, kind: str, compute) -> list[tuple[tree_si
     return list(zip(chunks, values))
 
 
-def warm(tree: tree_sitter.Tree) -> None:
-    """The whole-file facts rules read, computed ahead (the rule process
-    works ahead on the files a series adds whole): the functions, the
-    names each one calls and the file calls, the ops tables."""
-    for f in functions(tree):
-        f.call_names
-    call_names(tree)
-    struct_initializers(tree)
-
-
 def items_touching(tree: tree_sitter.Tree, lines, containing=None) -> list[tree_sitter.Node]:
     """The top-level items of a tree (children of the root) that span one of
     LINES (1-based), in order.  Every node whose first line is in LINES is

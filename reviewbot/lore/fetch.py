@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import requests
 import urllib3
 
-from .errors import LoreError, SourceError
+from reviewbot.errors import LoreError, SourceError
 
 MAX_INPUT_BYTES = 256 * 1024 * 1024       # mbox files and stdin
 MAX_THREAD_BYTES = 64 * 1024 * 1024       # one decompressed thread

@@ -13,12 +13,12 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from . import mail
+from reviewbot.lore import mail
 
 if TYPE_CHECKING:
     import jinja2
-from .diffmodel import FileDiff, Hunk
-from .findings import Finding
+from reviewbot.analysis.diffmodel import FileDiff, Hunk
+from reviewbot.findings import Finding
 
 CONTEXT = 3          # lines of context quoted above a comment
 WIDTH = 72

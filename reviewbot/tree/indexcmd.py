@@ -12,7 +12,7 @@ import time
 
 import click
 
-from .errors import ReviewbotError
+from reviewbot.errors import ReviewbotError
 
 
 def register(cli: click.Group) -> None:
@@ -24,7 +24,7 @@ def register(cli: click.Group) -> None:
     @click.option("--rebuild", is_flag=True, help="Build a full index even if a delta would do.")
     def index_cmd(tree, rev, procs, rebuild):
         """Index the C functions of TREE at REV for the duplicated-helper rules."""
-        from . import dupindex as dx
+        from reviewbot.tree import dupindex as dx
         t0 = time.perf_counter()
         try:
             if rebuild:

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from .errors import ReviewbotError
+from reviewbot.errors import ReviewbotError
 
 SCHEMA_VERSION = 1
 

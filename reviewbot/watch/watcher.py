@@ -33,9 +33,9 @@ from datetime import datetime, timezone
 
 import requests
 
-from . import fetch
-from .errors import LoreError, ReviewbotError, SourceError
-from .fetch import HttpPolicy
+from reviewbot.lore import fetch
+from reviewbot.errors import LoreError, ReviewbotError, SourceError
+from reviewbot.lore.fetch import HttpPolicy
 
 
 BATCH = 200                 # messages per ingest transaction
@@ -218,7 +218,7 @@ def has_diff(raw: bytes, hdrs) -> bool:
     cte = str(hdrs.get("Content-Transfer-Encoding", "")).lower()
     ctype = str(hdrs.get("Content-Type", "")).lower()
     if "base64" in cte or "quoted-printable" in cte or "multipart" in ctype:
-        from . import mail
+        from reviewbot.lore import mail
         msg = mail.parse_message(raw)
         if msg is not None:
             return bool(_DIFF_RE.search(mail.body_text(msg).encode("utf-8", "replace")))
@@ -416,7 +416,7 @@ class PassReport:
 
 class Watcher:
     def __init__(self, opts: WatchOptions, stopper: Stopper | None = None):
-        from .state import State
+        from reviewbot.watch.state import State
         self.opts = opts
         self.stop = stopper or Stopper()
         self.state = State(opts.state)
@@ -547,7 +547,8 @@ class Watcher:
     def review_series(self, s) -> bool:
         """Review one series into the outbox.  True when done (or already
         done), False when it failed this time."""
-        from . import outbox, review     # heavy: only when there is work
+        from reviewbot.reply import outbox
+        from reviewbot import review  # heavy: only when there is work
         name = self.state.record_intent(s.key, self.outbox_name(s))
         json_path = os.path.join(self.opts.outbox, name + ".json")
         mbox_path = os.path.join(self.opts.outbox, name + ".mbox")
@@ -704,7 +705,7 @@ def _key(f: dict) -> tuple:
 def since_previous(res, prev: dict, reviewer) -> None:
     """Note in the result (and in its first reply) what became of the
     findings of the previous revision."""
-    from . import render
+    from reviewbot.reply import render
     pv = prev["version"]
     old = {_key(f): f for f in prev["findings"]}
     now = {}

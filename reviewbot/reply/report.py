@@ -1,7 +1,7 @@
 """The text format: reply drafts, then notes and a summary table."""
 from __future__ import annotations
 
-from .outbox import to_message
+from reviewbot.reply.outbox import to_message
 
 
 def text(res) -> str:

@@ -10,7 +10,7 @@ import email.utils
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from .lazy import LazyModule
+from reviewbot.analysis.lazy import LazyModule
 
 # liblore (and the requests stack under it) loads when mail is first read:
 # the rule process unpickles our objects without it

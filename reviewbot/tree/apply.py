@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from .errors import TreeError
+from reviewbot.errors import TreeError
 
 _FAILED_RE = re.compile(r"^error: patch failed: (.+):(\d+)$", re.MULTILINE)
 MAX_BLOB = 8 * 1024 * 1024

@@ -5,11 +5,8 @@ import importlib
 
 
 class LazyModule:
-    """A module imported on first use.  The duplicated-code rules run in a
-    forked process (engine.Prefork): importing numpy and the index there, not
-    at rule discovery, keeps that import off the main process's path; the
-    mail stack is imported when mail is first read, not when that process
-    unpickles the contexts."""
+    """A module imported on first use (numpy and the duplicate index only
+    when a rule asks for them; the mail stack when mail is first read)."""
 
     def __init__(self, name: str):
         self.__dict__["_lazy_name"] = name

@@ -8,7 +8,7 @@ import os
 import tempfile
 from email.message import EmailMessage
 
-from .render import ReplyDraft
+from reviewbot.reply.render import ReplyDraft
 
 _POLICY = email.policy.default.clone(linesep="\n", max_line_length=998)
 

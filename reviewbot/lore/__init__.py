@@ -1,0 +1,1 @@
+"""Reading mail: fetching threads from lore, parsing messages, assembling a series."""

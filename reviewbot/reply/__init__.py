@@ -1,0 +1,1 @@
+"""What reviewbot writes: replies, mbox output, text reports, b4 check output."""

@@ -1,0 +1,1 @@
+"""The kernel tree: applying a series away from the checkout, and what is indexed about a tree."""

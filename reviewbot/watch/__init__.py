@@ -1,0 +1,1 @@
+"""The list watcher and its crash-safe state."""

@@ -106,6 +106,123 @@ class Watch:
         return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in self.outbox.glob("*.json")}
 
 
+def _timestamp(raw: bytes) -> float:
+    m = re.search(rb"^Date:\s*(.+)$", raw.split(b"\n\n", 1)[0], re.M)
+    try:
+        return email.utils.parsedate_to_datetime(m.group(1).decode()).timestamp()
+    except Exception:
+        return 0.0
+
+
+def archive_mail(since: str = "") -> list[bytes]:
+    """The dccp archive (from *since*, YYYYMMDD) and both SK_LOOKUP
+    revisions, oldest Date first."""
+    msgs = [m for m in split_mbox((DATA / "lists" / "dccp.mbox").read_bytes()) if _date_of(m) >= since]
+    msgs += split_mbox(SK_V1.read_bytes()) + split_mbox(SK_V2.read_bytes())
+    return sorted(msgs, key=_timestamp)
+
+
+def split_parts(msgs: list[bytes], parts: int, shuffled: bool, rng: random.Random) -> list[list[bytes]]:
+    """*parts* slices of about equal size, in Date order or shuffled."""
+    msgs = list(msgs)
+    if shuffled:
+        rng.shuffle(msgs)
+    step = -(-len(msgs) // parts)
+    return [msgs[i:i + step] for i in range(0, len(msgs), step)]
+
+
+_SINCE_PARA = re.compile(r"Since v\d+: .*?\n\n", re.S)
+
+
+def comparable(review: dict) -> dict:
+    """A review without what depends on which older revision had been
+    reviewed by then (its "since vN" note and paragraph): in a shuffled
+    replay, v2 may be complete and reviewed before v1 arrives at all."""
+    r = json.loads(json.dumps(review))
+    r.pop("timings", None)
+    r["notes"] = [n for n in r.get("notes") or [] if not n.startswith("since v")]
+    for rep in r.get("replies") or []:
+        if isinstance(rep.get("body"), str):
+            rep["body"] = _SINCE_PARA.sub("", rep["body"])
+    return r
+
+
+def revision_of(review: dict) -> tuple:
+    return (review["series"]["message_id"], review["series"]["version"])
+
+
+def reference_run(srv, msgs: list[bytes], tmp: Path) -> tuple[dict[str, dict], int]:
+    """One uninterrupted run over the whole archive (every series due):
+    its outbox and how many series (revisions of one lineage) it holds."""
+    srv.add_inbox("dccp", msgs)
+    w = Watch(tmp, srv.url)
+    w.run(grace="0")
+    db = sqlite3.connect(w.state)
+    rows = db.execute("SELECT series_key, lineage FROM reviews WHERE state='done'").fetchall()
+    db.close()
+    return w.reviews(), len({lineage or key for key, lineage in rows})
+
+
+def replay(srv, parts: list[list[bytes]], tmp: Path, rng: random.Random, kill_p: float = 0.5,
+           pass_seconds: float = 10.0) -> dict:
+    """Feed *parts* one after the other to inbox 'dccp' of the running
+    server *srv*; after each, a `reviewbot watch --once` that is SIGKILLed
+    at a random moment with probability *kill_p* (within *pass_seconds*).
+    Once all mail is in, the grace period passes (--grace 0), again with a
+    run killed first.  Returns the watcher, the outbox and what went wrong
+    on the way (a file written twice, a traceback)."""
+    w = Watch(tmp, srv.url)
+    kept: dict[str, tuple] = {}
+    kills, problems = 0, []
+
+    def one_run(grace: str, kill: bool):
+        nonlocal kills
+        proc = subprocess.Popen(w.args("--once", grace=grace), env=w.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        if kill:
+            try:
+                proc.wait(timeout=rng.uniform(0.2, pass_seconds))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        err = proc.communicate(timeout=600)[1]
+        if "Traceback" in err:
+            problems.append(err[-2000:])
+        now = w.inodes()
+        for name, ino in kept.items():
+            if now.get(name) != ino:
+                problems.append(f"{name} rewritten or removed after it was written")
+        kept.update(now)
+
+    for part in parts:
+        srv.add_inbox("dccp", part)
+        one_run("6", rng.random() < kill_p)
+    one_run("0", True)
+    one_run("0", False)
+    return {"watch": w, "reviews": w.reviews(), "kills": kills, "problems": problems}
+
+
+def compare(ref: dict[str, dict], series: int, got: dict[str, dict]) -> dict:
+    """Counts of a replay against the reference outbox (*series*: how many
+    series its revisions belong to)."""
+    revs = {revision_of(r) for r in ref.values()}
+    got_revs = [revision_of(r) for r in got.values()]
+    dup = len(got_revs) - len(set(got_revs))
+    return {
+        "series": series,
+        "revisions": len(revs),
+        "reviews": len(got),
+        "duplicates": dup,
+        "lost": len(revs - set(got_revs)),
+        "extra": sorted(set(got) - set(ref)),
+        "missing": sorted(set(ref) - set(got)),
+        "differ": sorted(n for n in set(ref) & set(got) if comparable(ref[n]) != comparable(got[n])),
+        # the same review but for its "since vN" note (arrival order)
+        "since_notes_differ": sum(1 for n in set(ref) & set(got) if comparable(ref[n]) == comparable(got[n])
+                                  and dict(ref[n], timings=None) != dict(got[n], timings=None)),
+    }
+
+
 def new_entries(before: dict, after: dict) -> dict:
     return {k: v for k, v in after.items() if k not in before}
 

@@ -65,8 +65,8 @@ def register(cli: click.Group) -> None:
                        "default ~/.local/state/reviewbot/outbox).")
     @click.option("--tree", type=click.Path(file_okay=False),
                   help="Kernel git tree to apply series to (never modified; git config reviewbot.tree).")
-    @click.option("--since", help="How far back the first run looks: YYYY-MM-DD or e.g. 14d "
-                                  "(git config reviewbot.since; default 7d).")
+    @click.option("--since", help="How far back each poll looks: YYYY-MM-DD or e.g. 14d, the 14 days "
+                                  "before the poll (git config reviewbot.since; default 7d).")
     @click.option("--once", is_flag=True, help="One pass, then exit (for cron; the default).")
     @click.option("--interval", type=float, metavar="SECONDS",
                   help="Poll every SECONDS until SIGTERM/SIGINT, which finish the series in hand "
@@ -131,6 +131,7 @@ def register(cli: click.Group) -> None:
             outbox=out,
             since=w.parse_since(since or s.get("since") or "7d"),
             since_relative=w.since_is_relative(since or s.get("since") or "7d"),
+            since_spec=since or s.get("since") or "7d",
             tree=tree,
             grace_hours=grace_hours,
             interval=interval,

@@ -1,12 +1,19 @@
 """Watch state: an SQLite database (WAL) holding the messages seen per
-watch, the series and which of their parts arrived, reviews (intent, then
-done) and the last poll of every watch.
+watch, the series and which of their parts arrived (with the parts' mail,
+until the series is reviewed), reviews (intent, then done) and the last
+poll of every watch.
 
 Exactly-once reviews across crashes rest on three facts: a review is
 recorded as an intent (with its deterministic outbox name) before any file
 is written; outbox files are written atomically, the JSON last; and the
 review is marked done in one transaction after both are on disk.  A run
 that finds an intent redoes it unless NAME.json is already there.
+
+What a review looks at is the series' own parts as polled (kept in the
+`mail` table), never whatever the thread holds at review time, so redoing
+an intent gives the same review; and what is marked done is the series the
+review reported (its Message-ID and version), checked against the reviews
+already done so that one revision never gets a second review.
 """
 from __future__ import annotations
 
@@ -14,11 +21,12 @@ import json
 import os
 import sqlite3
 import time
+import zlib
 from dataclasses import dataclass
 
 from reviewbot.errors import ReviewbotError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,7 +38,7 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (watch, msgid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series (
-    key TEXT PRIMARY KEY,           -- thread root | version | total
+    key TEXT PRIMARY KEY,           -- thread root | author | version
     inbox TEXT NOT NULL,            -- where to fetch the thread
     watch TEXT NOT NULL,
     anchor TEXT NOT NULL,           -- Message-ID to fetch the thread by
@@ -40,7 +48,8 @@ CREATE TABLE IF NOT EXISTS series (
     subject TEXT NOT NULL DEFAULT '',
     last_date REAL NOT NULL,        -- newest Date: of its parts (clamped to arrival)
     first_seen REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',  -- pending|reviewed|failed|superseded|skipped
+    arrived REAL,                   -- when the watcher first saw its newest part
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending|reviewed|failed|skipped (superseded: schema 1)
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     updated REAL NOT NULL
@@ -53,6 +62,10 @@ CREATE TABLE IF NOT EXISTS parts (
     msgid TEXT NOT NULL,
     PRIMARY KEY (series_key, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mail (
+    msgid TEXT PRIMARY KEY,         -- a part of a pending series, as polled
+    raw BLOB NOT NULL               -- zlib-compressed message
+);
 CREATE TABLE IF NOT EXISTS reviews (
     series_key TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,      -- outbox file stem
@@ -65,6 +78,7 @@ CREATE TABLE IF NOT EXISTS reviews (
     started REAL NOT NULL,
     finished REAL
 );
+CREATE INDEX IF NOT EXISTS reviews_reviewed ON reviews(message_id, version);
 CREATE TABLE IF NOT EXISTS polls (
     watch TEXT PRIMARY KEY,
     url TEXT NOT NULL,
@@ -91,15 +105,19 @@ class SeriesRow:
     subject: str
     last_date: float
     first_seen: float
+    arrived: float | None
     state: str
     attempts: int
     error: str | None
     parts: set[int]
+    part1: str | None = None        # Message-ID of patch 1, when in
 
     @property
     def complete(self) -> bool:
         need = set(range(1, self.total + 1))
-        if self.total > 1:
+        # A cover is expected over several patches, and over a lone 1/1
+        # that answers another message (the thread's root: its 0/1).
+        if self.total > 1 or (self.part1 is not None and self.key.rsplit("|", 2)[0] != self.part1):
             need.add(0)
         return need <= self.parts
 
@@ -120,14 +138,18 @@ class State:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             with self.tx():
+                row = self.db.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() and \
+                    self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row and int(row[0]) > SCHEMA_VERSION:
+                    raise ReviewbotError(f"--state {path}: written by a newer reviewbot (schema {row[0]})")
+                if row and int(row[0]) < 2:
+                    # schema 1: no arrival time (counted from the last update)
+                    self.db.execute("ALTER TABLE series ADD COLUMN arrived REAL")
+                    self.db.execute("UPDATE series SET arrived=updated")
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self.db.execute(stmt)
-                row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-                if row is None:
-                    self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise ReviewbotError(f"--state {path}: written by a newer reviewbot (schema {row[0]})")
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise ReviewbotError(f"--state {path}: not a usable SQLite database ({exc})") from None
 
@@ -209,16 +231,21 @@ class State:
                     continue
                 db.execute(
                     "INSERT INTO series (key, inbox, watch, anchor, lineage, version, total, subject, last_date, "
-                    "first_seen, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "first_seen, arrived, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(key) DO NOTHING",
                     (it.series_key, inbox, watch, it.anchor, it.lineage, it.version, it.total,
-                     it.subject if it.defines_subject else "", it.date, now, now))
+                     it.subject if it.defines_subject else "", it.date, now, now, now))
                 got = db.execute("INSERT OR IGNORE INTO parts (series_key, idx, msgid) VALUES (?, ?, ?)",
                                  (it.series_key, it.index, it.msgid))
                 if not got.rowcount:
                     continue
-                db.execute("UPDATE series SET last_date=MAX(last_date, ?), updated=? WHERE key=?",
-                           (it.date, now, it.series_key))
+                if it.raw is not None:
+                    db.execute("INSERT OR REPLACE INTO mail (msgid, raw) VALUES (?, ?)",
+                               (it.msgid, zlib.compress(it.raw, 6)))
+                # a cover saying 0/5 over patches saying 1/4: the series
+                # expects the most any of its parts says (whatever the order)
+                db.execute("UPDATE series SET last_date=MAX(last_date, ?), total=MAX(total, ?), arrived=?, "
+                           "updated=? WHERE key=?", (it.date, it.total, now, now, it.series_key))
                 if it.defines_subject and (it.index == 0 or not db.execute(
                         "SELECT 1 FROM parts WHERE series_key=? AND idx=0", (it.series_key,)).fetchone()):
                     # The cover (or patch 1 while there is none) names the
@@ -228,26 +255,40 @@ class State:
         return new
 
     def series(self, states: tuple[str, ...] = ("pending",)) -> list[SeriesRow]:
-        q = ("SELECT key, inbox, watch, anchor, lineage, version, total, subject, last_date, first_seen, state, "
-             "attempts, error FROM series WHERE state IN (%s) ORDER BY last_date, key" % ",".join("?" * len(states)))
+        q = ("SELECT key, inbox, watch, anchor, lineage, version, total, subject, last_date, first_seen, arrived, "
+             "state, attempts, error FROM series WHERE state IN (%s) ORDER BY last_date, key" % ",".join("?" * len(states)))
         rows = self.db.execute(q, states).fetchall()
         out = []
         for r in rows:
-            parts = {p[0] for p in self.db.execute("SELECT idx FROM parts WHERE series_key=?", (r[0],))}
-            out.append(SeriesRow(*r, parts=parts))
+            parts = dict(self.db.execute("SELECT idx, msgid FROM parts WHERE series_key=?", (r[0],)).fetchall())
+            out.append(SeriesRow(*r, parts=set(parts), part1=parts.get(1)))
         return out
 
-    def newer_revision(self, s: SeriesRow) -> int | None:
-        if not s.lineage:
+    def parts_mail(self, key: str) -> list[tuple[int, str, bytes | None]]:
+        """The parts of a series in order: (index, Message-ID, raw mail or
+        None when not kept, e.g. polled by a schema-1 reviewbot)."""
+        rows = self.db.execute("SELECT p.idx, p.msgid, m.raw FROM parts p LEFT JOIN mail m ON m.msgid=p.msgid "
+                               "WHERE p.series_key=? ORDER BY p.idx", (key,)).fetchall()
+        return [(i, mid, zlib.decompress(raw) if raw is not None else None) for i, mid, raw in rows]
+
+    def done_review_of(self, message_id: str | None, version: int, key: str) -> dict | None:
+        """A review already done of this series revision under another key."""
+        if not message_id:
             return None
-        row = self.db.execute("SELECT MAX(version) FROM series WHERE lineage=? AND version>? AND key!=?",
-                              (s.lineage, s.version, s.key)).fetchone()
-        return row[0] if row and row[0] is not None else None
+        cur = self.db.execute("SELECT series_key, name FROM reviews WHERE state='done' AND message_id=? "
+                              "AND version=? AND series_key!=? LIMIT 1", (message_id, version, key))
+        row = cur.fetchone()
+        return None if row is None else {"series_key": row[0], "name": row[1]}
+
+    def _drop_mail(self, db, key: str) -> None:
+        db.execute("DELETE FROM mail WHERE msgid IN (SELECT msgid FROM parts WHERE series_key=?)", (key,))
 
     def set_series_state(self, key: str, state: str, error: str | None = None, attempt: bool = False) -> None:
         with self.tx() as db:
             db.execute("UPDATE series SET state=?, error=?, attempts=attempts+?, updated=? WHERE key=?",
                        (state, error, 1 if attempt else 0, time.time(), key))
+            if state != "pending":
+                self._drop_mail(db, key)
 
     # -- reviews -----------------------------------------------------------
 
@@ -280,6 +321,7 @@ class State:
                        "finished=? WHERE series_key=?",
                        (lineage, version, message_id, json.dumps(findings), replies, now, key))
             db.execute("UPDATE series SET state='reviewed', error=NULL, updated=? WHERE key=?", (now, key))
+            self._drop_mail(db, key)
 
     def intents(self) -> list[dict]:
         cur = self.db.execute("SELECT series_key, name FROM reviews WHERE state='intent' ORDER BY started")

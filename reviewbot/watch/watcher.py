@@ -3,12 +3,18 @@ series as their parts arrive, review each series revision exactly once and
 leave reply drafts in an outbox.
 
 Polling uses the server's own search: ``POST /LIST/?q=QUERY&x=m`` answers a
-gzip mbox of the matching messages, newest arrival first (public-inbox
-orders results by document number).  A poll reads that stream until it
-meets a run of messages it has already recorded, so a poll costs a few new
-messages, not the whole window.  A poll that did not reach its end (error,
-kill) leaves its watch marked incomplete, and the next poll reads the whole
-window again.
+gzip mbox of the matching messages.  A poll reads the whole answer (the
+date window): the server's order is only roughly by arrival (an extindex's
+shards interleave, a cross-posted message keeps its first number, mail can
+arrive late), so no run of known messages can tell that the rest is known
+too.  Known messages cost a header parse and a lookup.
+
+A series revision is what the watcher grouped: the messages of one
+author and version under one thread root (a cover letter and its patches),
+or one patch sent without a counter (``[PATCH]``, even as a reply inside
+another thread).  The review gets exactly those parts, as polled (kept in
+the state until the series is reviewed), not whatever the thread holds; and
+what is recorded as done is the series that review reported.
 
 Exactly once: see state.py.  Outbox names are a slug of the subject (made
 of [a-z0-9-] only) plus a hash of the series key, never raw mail text.
@@ -40,7 +46,6 @@ from reviewbot.lore.fetch import HttpPolicy
 
 BATCH = 200                 # messages per ingest transaction
 PAGE_HINT = 200             # a page of exactly k*200 may mean the server capped it
-STOP_AFTER_SEEN = 50        # consecutive known messages that end a poll
 MAX_ATTEMPTS = 3            # review attempts before a series is marked failed
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024   # as mail.MAX_MESSAGE_BYTES
 MAX_POLL_BYTES = 4 * 1024 * 1024 * 1024   # decompressed bytes read per poll
@@ -73,7 +78,8 @@ class WatchOptions:
     state: str
     outbox: str
     since: str                      # YYYYMMDD
-    since_relative: bool = False    # '14d': fixed at a watch's first poll, then kept
+    since_relative: bool = False    # '14d': the 14 days before each poll
+    since_spec: str = ""            # the --since text ('14d'), worked out again at each poll
     tree: str | None = None
     grace_hours: float = 6.0
     interval: float | None = None   # None: one pass
@@ -168,6 +174,7 @@ class Classified:
     subject: str = ""               # without prefixes
     lineage: str | None = None
     defines_subject: bool = False
+    raw: bytes | None = None        # the mail of a series part (kept until reviewed)
 
 
 def _decode(value) -> str:
@@ -280,17 +287,22 @@ def classify(raw: bytes, now: float) -> Classified | None:
         pass
     version = sub["version"]
     refs = _refs(hdrs)
-    if total == 1:
+    if sub["index"] is None:
+        # [PATCH] without a counter is a series of its own, even when sent
+        # as a reply inside another series' thread
         root = msgid
     elif refs:
-        root = refs[0]
-    elif index == 0:
+        root = refs[0]      # the thread's root: the cover, or patch 1
+    elif index <= 1:
         root = msgid
     else:   # sent --no-thread: group by sender, revision and day
         root = f"nothread:{datetime.fromtimestamp(date, timezone.utc):%Y%m%d}"
-    key = f"{root}|{author}|v{version}|{total}"
+    # Not the N of i/N: a cover saying 0/5 over patches saying 1/4 is one
+    # series (the review assembles it as one), not two.
+    key = f"{root}|{author}|v{version}"
     rest = sub["rest"]
-    c = Classified(msgid, "cover" if index == 0 else "patch", date, key, msgid, index, total, version, rest)
+    c = Classified(msgid, "cover" if index == 0 else "patch", date, key, msgid, index, total, version, rest,
+                   raw=raw)
     c.defines_subject = index <= 1
     c.lineage = f"{author}|{' '.join(rest.lower().split())}" if c.defines_subject else None
     return c
@@ -365,6 +377,26 @@ class MboxStream:
 
 
 _FROM_ESC = re.compile(rb"^>(>*From )", re.M)
+_FROM_QUOTE = re.compile(rb"^(>*From )", re.M)
+
+
+def fetch_raw(inbox: str, msgid: str, policy: HttpPolicy, session=None) -> bytes | None:
+    """One message by its Message-ID (None: the server does not have it)."""
+    url = inbox + urllib.parse.quote(msgid, safe="@+=!$&*,;:~") + "/raw"
+    resp = fetch.http_get(url, policy, session)
+    try:
+        if resp.status_code in (404, 410):
+            return None
+        if resp.status_code != 200:
+            raise LoreError(f"{inbox}: HTTP {resp.status_code} for <{msgid}>")
+        body = resp.raw.read(MAX_MESSAGE_BYTES + 1, decode_content=True)
+    except requests.RequestException:
+        raise LoreError(f"{inbox}: connection broke while reading <{msgid}>") from None
+    finally:
+        resp.close()
+    if len(body) > MAX_MESSAGE_BYTES:
+        return None
+    return body
 
 
 def _unescape(part: bytes) -> bytes:
@@ -432,12 +464,10 @@ class Watcher:
     def poll(self, t: Target) -> int:
         """Read new messages of one watch into the state.  Raises
         ReviewbotError (one line) when the list fails."""
-        prev = self.state.poll_row(t.name)
         since = self.opts.since
-        if self.opts.since_relative and prev and prev.get("since"):
-            since = prev["since"]       # '7d' means 7 days before the first poll
+        if self.opts.since_relative and self.opts.since_spec:
+            since = parse_since(self.opts.since_spec)   # '7d': the 7 days before this poll
         query = t.search(since)
-        early = bool(prev and prev["complete"] and prev["query"] == query and prev["url"] == t.inbox)
         self.state.poll_started(t.name, t.inbox, query, since)
         self.state.poll_incomplete(t.name)
         new = 0
@@ -458,36 +488,27 @@ class Watcher:
             if resp.status_code != 200:
                 resp.close()
                 raise LoreError(f"{t.inbox}: HTTP {resp.status_code} for the search {query!r}")
-            count, repeated, stopped, added = self._read(t, MboxStream(resp, t.inbox), in_poll, early, now)
+            count, repeated, added = self._read(t, MboxStream(resp, t.inbox), in_poll, now)
             new += added
-            if stopped or repeated or count == 0 or count % PAGE_HINT:
+            if repeated or count == 0 or count % PAGE_HINT:
                 break
             offset += count        # maybe a capped page: ask for the next one
         return new
 
-    def _read(self, t: Target, stream: MboxStream, in_poll: set[str], early: bool, now: float):
-        count = new = run_seen = 0
+    def _read(self, t: Target, stream: MboxStream, in_poll: set[str], now: float):
+        """Read one answer to its end (the order of a search answer is only
+        roughly by arrival: known messages do not mean the rest is known)."""
+        count = new = 0
         batch: list[Classified] = []
-        repeated = stopped = False
+        repeated = False
 
-        def flush() -> bool:
-            nonlocal new, run_seen
+        def flush() -> None:
+            nonlocal new
             known = self.state.seen_many(t.name, [c.msgid for c in batch])
-            fresh = []
-            stop_here = False
-            for c in batch:
-                if c.msgid in known:
-                    run_seen += 1
-                    if early and run_seen >= STOP_AFTER_SEEN:
-                        stop_here = True
-                        break
-                else:
-                    run_seen = 0
-                    fresh.append(c)
+            fresh = [c for c in batch if c.msgid not in known]
             if fresh:
                 new += self.state.ingest(t.name, t.inbox, fresh)
             batch.clear()
-            return stop_here
 
         for raw in stream:
             if self.stop.stopped:       # SIGTERM: keep what was read, leave the poll incomplete
@@ -506,37 +527,35 @@ class Watcher:
             in_poll.add(c.msgid)
             count += 1
             batch.append(c)
-            if len(batch) >= BATCH and flush():
-                stopped = True
-                break
-        else:
-            if batch and flush():
-                stopped = True
-        if repeated or stopped:
+            if len(batch) >= BATCH:
+                flush()
+        if batch:
+            flush()
+        if repeated:
             stream.resp.close()
         if stream.skipped:
             self.echo(f"{t.name}: skipped {stream.skipped} message(s) larger than "
                       f"{MAX_MESSAGE_BYTES >> 20} MiB")
-        return count, repeated, stopped, new
+        return count, repeated, new
 
     # -- choosing and reviewing ----------------------------------------------
 
     def due(self) -> tuple[list, int]:
-        """Pending series ready for review (complete, or grace passed), oldest
-        first; older revisions of a series with a newer one are superseded."""
+        """Pending series ready for review: complete, or --grace hours after
+        the watcher first saw their newest part (not after its Date: old mail
+        arriving late, or split across polls, must not be reviewed before
+        its other parts had a chance to come).  Each revision is reviewed,
+        older ones first."""
         now = time.time()
         grace = self.opts.grace_hours * 3600
         ready, waiting = [], 0
         for s in self.state.series(("pending",)):
-            newer = self.state.newer_revision(s)
-            if newer is not None:
-                self.state.set_series_state(s.key, "superseded", f"v{newer} arrived before v{s.version} was reviewed")
-                continue
-            if s.complete or now - s.last_date >= grace:
+            arrived = s.arrived if s.arrived is not None else s.last_date
+            if s.complete or now - arrived >= grace:
                 ready.append(s)
             else:
                 waiting += 1
-        ready.sort(key=lambda s: (s.version, s.last_date))
+        ready.sort(key=lambda s: (s.version, s.last_date, s.key))
         return ready, waiting
 
     def outbox_name(self, s) -> str:
@@ -558,17 +577,18 @@ class Watcher:
                 with open(json_path, encoding="utf-8") as fh:
                     data = json.load(fh)
                 findings = _findings_of(data)
-                self.state.mark_done(s.key, s.lineage, s.version, (data.get("series") or {}).get("message_id"),
+                ser = data.get("series") or {}
+                self.state.mark_done(s.key, s.lineage, int(ser.get("version") or s.version), ser.get("message_id"),
                                      findings, len(data.get("replies") or []))
                 self.echo(f"{name}: finished by an earlier run; marked done")
                 return True
             except (OSError, ValueError):
                 pass        # damaged: review again, overwriting it atomically
         try:
-            thread = fetch.fetch_thread(s.inbox, s.anchor, self.opts.policy)
+            data = self.series_mbox(s)
             ropts = review.Options(lore_url=self.opts.lore_url, tree=self.opts.tree, reviewer=self.opts.reviewer,
                                    min_confidence=self.opts.min_confidence, policy=self.opts.policy)
-            res = review.review_mbox(thread, ropts, want_msgid=s.anchor)
+            res = review.review_mbox(data, ropts, want_msgid=s.anchor)
         except LoreError as exc:
             # the server's trouble, not the series': retry next pass
             self.state.set_series_state(s.key, "pending", str(exc))
@@ -579,9 +599,17 @@ class Watcher:
         except Exception as exc:     # a bug on hostile mail must not stop the watch
             return self._failed(s, f"internal error: {exc.__class__.__name__}: {str(exc)[:200]}")
         if res.series is None:
-            self.state.set_series_state(s.key, "skipped", "no patch in the thread")
+            self.state.set_series_state(s.key, "skipped", "no patch in the series")
             self.state.drop_intent(s.key)
-            self.echo(f"{s.subject or s.anchor}: no patch in the thread; skipped")
+            self.echo(f"{s.subject or s.anchor}: no patch in the series; skipped")
+            return True
+        twin = self.state.done_review_of(res.series.message_id, res.series.version, s.key)
+        if twin is not None:
+            # belt and braces: this revision already has its review
+            self.state.set_series_state(s.key, "skipped", f"v{res.series.version} <{res.series.message_id}> "
+                                        f"already reviewed in {twin['name']}")
+            self.state.drop_intent(s.key)
+            self.echo(f"{s.subject or s.anchor}: already reviewed in {twin['name']}; skipped")
             return True
         if s.missing and not any("missing" in n for n in res.notes):
             shown = ", ".join(f"{i}/{s.total}" for i in s.missing[:10])
@@ -593,11 +621,31 @@ class Watcher:
         if res.replies:
             outbox.atomic_write(mbox_path, outbox.mbox_bytes(res.replies))
         outbox.atomic_write(json_path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        self.state.mark_done(s.key, s.lineage, s.version, res.series.message_id, _findings_of(data),
+        # what is done is what the review looked at: its root and version
+        self.state.mark_done(s.key, s.lineage, res.series.version, res.series.message_id, _findings_of(data),
                              len(res.replies))
         what = f"{len(res.replies)} repl{'y' if len(res.replies) == 1 else 'ies'}"
         self.echo(f"reviewed v{s.version} {s.subject[:60]!r}: {what} -> {json_path}")
         return True
+
+    def series_mbox(self, s) -> bytes:
+        """The series as the watcher found it: its parts' mail as polled, in
+        order (a part polled by an older reviewbot, which kept no mail, is
+        fetched by its Message-ID), as an mboxrd."""
+        out = bytearray()
+        for _idx, msgid, raw in self.state.parts_mail(s.key):
+            if raw is None:
+                raw = fetch_raw(s.inbox, msgid, self.opts.policy, self.session)
+                if raw is None:
+                    continue
+            out += b"From mboxrd@z Thu Jan  1 00:00:00 1970\n"
+            out += _FROM_QUOTE.sub(rb">\1", raw.replace(b"\r\n", b"\n"))
+            if not raw.endswith(b"\n"):
+                out += b"\n"
+            out += b"\n"
+        if not out:
+            raise ReviewbotError("none of the series' messages could be read")
+        return bytes(out)
 
     def _failed(self, s, error: str) -> bool:
         final = s.attempts + 1 >= MAX_ATTEMPTS

@@ -67,6 +67,42 @@ class FileView:
     def added_lines(self) -> set[int]:
         return {ln.new_no for ln in self.diff.added() if ln.new_no is not None}
 
+    @cached_property
+    def changed_lines(self) -> set[int]:
+        """The added lines, and for each run of removed lines the post-image
+        line it sat before (a patch that only deletes an unlock or a put
+        changes the function around it)."""
+        out = set(self.added_lines)
+        for h in self.diff.hunks:
+            pending = False
+            last_new = None
+            for ln in h.lines:
+                if ln.kind == "-":
+                    pending = True
+                    continue
+                if ln.new_no:
+                    if pending:
+                        out.add(ln.new_no)
+                        pending = False
+                    last_new = ln.new_no
+            if pending and last_new:
+                out.add(last_new)
+        return out
+
+    def old_line(self, new_no: int) -> int | None:
+        """The pre-image line that post-image line NEW_NO was (None for an
+        added line): outside the hunks, lines only shift."""
+        shift = 0
+        for h in self.diff.hunks:
+            first_new = h.new_start if h.lines else 0
+            if new_no < first_new:
+                break
+            for ln in h.lines:
+                if ln.new_no == new_no:
+                    return ln.old_no if ln.kind == " " else None
+            shift = (h.old_start + h.old_len) - (h.new_start + h.new_len)
+        return new_no + shift
+
     @property
     def has_full_image(self) -> bool:
         return self.post is not None
@@ -112,6 +148,15 @@ class PatchContext:
 
     def c_files(self) -> list[FileView]:
         return [f for f in self.files if f.diff.is_c and not f.diff.is_deleted]
+
+    @cached_property
+    def knowledge(self):
+        """The tree knowledge base (reviewbot.tree.knowledge: may_sleep,
+        contexts, locks_taken, order_edge, release_for, ...) of the base,
+        with the post-images of the files the series touched up to this
+        patch laid over it; None without an index (`reviewbot index`)."""
+        from reviewbot.tree import knowledge
+        return knowledge.for_context(self)
 
 
 class Rule:

@@ -194,6 +194,15 @@ def _apply_one(session: applymod.TreeSession, r: PatchResult):
                 r.notes.append("the kept copy did not apply; reviewed another copy of the same Message-ID that does")
                 res = alt
                 break
+    if not res.applies:
+        blobs = {fd.old_path: fd.old_blob for fd in p.diff.files
+                 if not fd.is_new and fd.old_path and fd.old_blob}
+        if blobs and len(blobs) == sum(1 for fd in p.diff.files if not fd.is_new):
+            alt = session.apply_on_blobs(p.body, blobs, p.diff.text)
+            if alt.applies:
+                res = alt
+            else:
+                res.notes.append(f"patch {p.label}: {alt.error}")
     r.applies = res.applies
     r.apply_error = res.error
     r.notes.extend(res.notes)

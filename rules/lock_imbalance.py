@@ -65,10 +65,12 @@ class LockImbalance(Rule):
                     continue
                 if pre is None:
                     pre = lf.image(fv, "pre")
-                old = {h.key for h, _, _ in lf.leaks(lf.flow_of(pre, fn.name))}
+                # the same lock leaking out of the same statement before
+                # the patch is not news (pre-image lines by the diff)
+                old = {(h.key, via or ex.line) for h, ex, via in lf.leaks(lf.flow_of(pre, fn.name))}
                 seen = set()
                 for h, ex, via in sorted(got, key=lambda t: (t[2] or t[1].line, t[0].line)):
-                    if h.key in old or h.key in seen:
+                    if (h.key, fv.old_line(via or ex.line)) in old or h.key in seen:
                         continue
                     seen.add(h.key)
                     yield self._finding(fv, fn, h, ex, via, added)

@@ -87,6 +87,7 @@ class FileDiff:
     is_rename: bool = False
     safe: bool = True       # False for '../' or absolute paths
     header_lines: list[str] = field(default_factory=list)   # 'diff --git', '---', '+++'
+    old_blob: str | None = None   # the pre-image blob its 'index' line names (abbreviated), if any
     hunks: list[Hunk] = field(default_factory=list)
 
     def added(self) -> list[DiffLine]:
@@ -273,6 +274,9 @@ def _strip_prefix(path: str | None) -> str:
     return path
 
 
+_INDEX_LINE = re.compile(r"^index ([0-9a-f]{7,40})\.\.[0-9a-f]{7,40}(?: [0-7]{6})?\s*$")
+
+
 def parse(diff: str) -> PatchDiff:
     """Parse a diff into the model; never raises on bad input."""
     text, notes = normalise(diff)
@@ -303,6 +307,10 @@ def parse(diff: str) -> PatchDiff:
             continue
         if pf.patch_info:
             fd.header_lines = [ln.rstrip("\n") for ln in pf.patch_info if ln.startswith(("diff --git",))]
+            for ln in pf.patch_info:
+                m = _INDEX_LINE.match(ln)
+                if m and m.group(1).strip("0"):
+                    fd.old_blob = m.group(1)
         fd.header_lines += [f"--- {pf.source_file}", f"+++ {pf.target_file}"]
         for h in pf:
             hunk = Hunk(h.source_start, h.source_length, h.target_start, h.target_length,

@@ -508,9 +508,12 @@ class Walker:
         return self._cap(set(states) | set(end) | breaks)
 
     def _mark_conditional(self, before: set, end):
+        """Locks a branch leaves held that were not held when it began (a
+        branch that drops a lock and takes it again leaves it as it was)."""
+        held_before = {h.key for h in before}
         for s in end:
             for h in s:
-                if h not in before and h.how != "guard":
+                if h.key not in held_before and h.how != "guard":
                     self.flow.conditional.add(h.key)
 
     def stmt(self, node, states):
@@ -1027,8 +1030,9 @@ def touched_files(ctx):
 
 
 def touched_functions(fv) -> list[tuple[cparse.Function, set[int]]]:
-    """Post-image functions that hold added lines, with those lines."""
-    added = fv.added_lines
+    """Post-image functions that hold added lines (or lost removed ones),
+    with those lines."""
+    added = fv.changed_lines
     if not added:
         return []
     info = image(fv, "post")

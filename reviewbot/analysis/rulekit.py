@@ -213,3 +213,139 @@ LIFECYCLE_MEMBERS = {"release", "close", "destroy", "exit", "uninit", "cleanup",
 # Values for an acquire member that acquire nothing themselves.
 OPS_NOOP_VALUES = {"simple_open", "nonseekable_open", "stream_open", "generic_file_open",
                    "NULL", "0", "noop_open"}
+
+
+# --- the release side --------------------------------------------------------
+
+# Reference-counting iterators: leaving one early (break, return, goto)
+# keeps a reference to the current node, which the loop would have put.
+ITERATOR_PUTS: dict[str, tuple[str, ...]] = {}
+for _m in ("for_each_child_of_node", "for_each_available_child_of_node", "for_each_compatible_node",
+           "for_each_matching_node", "for_each_matching_node_and_match", "for_each_node_by_name",
+           "for_each_node_by_type", "for_each_node_with_property", "for_each_endpoint_of_node",
+           "for_each_of_cpu_node", "for_each_node_by_phandle", "for_each_of_allnodes",
+           "for_each_of_allnodes_from", "for_each_child_of_node_scoped"):
+    ITERATOR_PUTS[_m] = ("of_node_put",)
+for _m in ("device_for_each_child_node", "fwnode_for_each_child_node",
+           "fwnode_for_each_available_child_node", "fwnode_graph_for_each_endpoint",
+           "fwnode_for_each_parent_node"):
+    ITERATOR_PUTS[_m] = ("fwnode_handle_put",)
+ITERATOR_PUTS["for_each_pci_dev"] = ("pci_dev_put",)
+ITERATOR_PUTS["for_each_netdev_feature"] = ()
+del ITERATOR_PUTS["for_each_netdev_feature"]
+# the iterator's scoped form puts by itself
+SCOPED_ITERATORS = frozenset({"for_each_child_of_node_scoped"})
+
+_RELEASE_RE = re.compile(
+    r"(^|_)(put|free|unregister|deregister|destroy|release|unmap|unprepare|kill)(_[a-z0-9]+){0,2}$|"
+    r"^(kfree\w*|kvfree\w*|vfree|iounmap|free_irq|free_netdev|unregister_\w+|put_\w+|"
+    r"dev_kfree_skb\w*|kfree_skb\w*|consume_skb|dput|fput|fdput|sock_put|dev_put|netdev_put|put_net|"
+    r"tasklet_kill|del_timer_sync|timer_shutdown_sync|cancel_work_sync|cancel_delayed_work_sync|"
+    r"kthread_stop|clk_disable_unprepare|clk_disable|clk_unprepare|regulator_disable|"
+    r"pm_runtime_disable|pm_runtime_put\w*|pm_runtime_dont_use_autosuspend|"
+    r"of_node_put|fwnode_handle_put|module_put|ida_free|ida_simple_remove|idr_remove|"
+    r"misc_deregister|remove_proc_entry|proc_remove|debugfs_remove\w*|"
+    r"usb_free_urb|usb_put_\w+|put_device|kobject_put|kref_put|bpf_prog_put|bpf_map_put\w*|"
+    r"sk_free|sock_release|crypto_free_\w+|dma_free_coherent|dma_unmap_\w+|"
+    r"destroy_workqueue|kmem_cache_destroy|kmem_cache_free|mempool_destroy|"
+    r"input_free_device|input_unregister_device|iio_device_free|"
+    r"gpiod_put|gpio_free|i2c_unregister_device|i2c_put_adapter|platform_device_unregister|"
+    r"platform_device_put|pci_dev_put|pci_disable_device|pci_release_regions|pci_iounmap|"
+    r"nvmem_device_put|mbox_free_channel|dma_release_channel|phy_disconnect|phy_device_free|"
+    r"mdiobus_unregister|mdiobus_free|bitmap_free|free_percpu|free_page|free_pages|__free_pages|"
+    r"fwnode_handle_put|software_node_unregister|sysfs_remove_\w+|device_remove_file|"
+    r"release_firmware|release_mem_region|release_region|put_task_struct|mmput|put_pid|"
+    r"rhashtable_destroy|rhashtable_free_and_destroy|kset_unregister|class_destroy|"
+    r"device_destroy|cdev_del|unregister_chrdev_region|blk_mq_free_tag_set|"
+    r"put_disk|blk_cleanup_queue|scsi_host_put|scsi_remove_host|snd_card_free)$")
+# never a release of the argument's ownership, whatever the name says
+_NOT_RELEASE = frozenset({"spin_unlock", "mutex_unlock", "read_unlock", "write_unlock", "up_read",
+                          "up_write", "up", "rcu_read_unlock", "release_sock", "free_irq_cpu_rmap"})
+
+
+def is_release(name: str) -> bool:
+    """A call that gives something back (frees, puts, unregisters, kills)."""
+    return name not in _NOT_RELEASE and bool(_RELEASE_RE.search(name))
+
+
+@functools.lru_cache(maxsize=1)
+def _acquires_by_release() -> dict[str, frozenset[str]]:
+    out: dict[str, set[str]] = {}
+    for acq, rels in RELEASE_PAIRS.items():
+        for r in rels:
+            out.setdefault(r, set()).add(acq)
+    for m, rels in ITERATOR_PUTS.items():
+        for r in rels:
+            out.setdefault(r, set()).add(m)
+    extra = {
+        "of_node_put": ("of_get_next_child", "of_get_next_available_child", "of_graph_get_next_endpoint",
+                        "of_graph_get_port_by_id", "of_graph_get_remote_port_parent",
+                        "of_graph_get_remote_endpoint", "of_graph_get_remote_port", "of_get_cpu_node",
+                        "of_find_node_with_property", "of_find_node_opts_by_path", "of_find_node_by_phandle",
+                        "of_find_node_by_type", "of_get_compatible_child", "of_cpu_device_node_get",
+                        "of_parse_phandle", "of_graph_get_endpoint_by_regs", "of_get_next_parent"),
+        "fwnode_handle_put": ("fwnode_get_named_child_node", "device_get_named_child_node",
+                              "fwnode_get_next_child_node", "device_get_next_child_node",
+                              "fwnode_graph_get_next_endpoint", "fwnode_graph_get_remote_endpoint",
+                              "fwnode_graph_get_remote_port_parent", "fwnode_get_parent",
+                              "fwnode_find_reference", "fwnode_handle_get", "fwnode_get_next_available_child_node",
+                              "fwnode_graph_get_endpoint_by_id", "fwnode_get_next_parent"),
+        "put_device": ("get_device", "bus_find_device", "bus_find_device_by_name", "class_find_device",
+                       "device_find_child", "driver_find_device", "of_find_device_by_node",
+                       "bus_find_device_by_of_node", "bus_find_device_by_fwnode", "device_register",
+                       "device_add", "device_initialize"),
+        "platform_device_put": ("platform_device_alloc",),
+        "pci_dev_put": ("pci_get_device", "pci_get_domain_bus_and_slot", "pci_get_slot", "pci_dev_get",
+                        "pci_get_class", "pci_get_subsys"),
+        "pm_runtime_put_noidle": ("pm_runtime_get_sync", "pm_runtime_get_noresume", "pm_runtime_get",
+                                  "pm_runtime_resume_and_get"),
+        "tasklet_kill": ("tasklet_init", "tasklet_setup"),
+        "kobject_put": ("kobject_init_and_add", "kobject_create_and_add", "kobject_get", "kobject_init"),
+        "i2c_unregister_device": ("i2c_new_dummy_device", "i2c_new_client_device", "i2c_new_ancillary_device"),
+        "usb_put_dev": ("usb_get_dev",), "usb_put_intf": ("usb_get_intf",),
+        "mmput": ("get_task_mm",), "put_task_struct": ("get_task_struct", "get_pid_task"),
+        "put_pid": ("get_pid", "find_get_pid", "get_task_pid"),
+        "kfree_skb": ("skb_dequeue", "skb_dequeue_tail", "__skb_dequeue"),
+        "cancel_work_sync": ("INIT_WORK", "queue_work", "schedule_work"),
+        "cancel_delayed_work_sync": ("INIT_DELAYED_WORK", "queue_delayed_work", "schedule_delayed_work"),
+        "del_timer_sync": ("timer_setup", "setup_timer", "mod_timer", "add_timer"),
+        "release_firmware": ("request_firmware", "request_firmware_direct", "firmware_request_nowarn"),
+        "nvmem_device_put": ("of_nvmem_device_get", "nvmem_device_get"),
+        "gpiod_put": ("gpiod_get", "gpiod_get_optional", "gpiod_get_index"),
+        "i2c_put_adapter": ("i2c_get_adapter", "of_find_i2c_adapter_by_node", "of_get_i2c_adapter_by_node"),
+        "dma_release_channel": ("dma_request_chan", "dma_request_channel", "dma_request_slave_channel"),
+        "mbox_free_channel": ("mbox_request_channel", "mbox_request_channel_byname"),
+        "free_percpu": ("alloc_percpu", "__alloc_percpu", "alloc_percpu_gfp"),
+        "bitmap_free": ("bitmap_zalloc", "bitmap_alloc"),
+    }
+    for r, acqs in extra.items():
+        out.setdefault(r, set()).update(acqs)
+    for r in list(out):
+        if r.startswith("pm_runtime_put"):
+            out[r] |= set(extra["pm_runtime_put_noidle"])
+    return {r: frozenset(a) for r, a in out.items()}
+
+
+def acquires_of(release: str) -> frozenset[str]:
+    """The calls RELEASE undoes (known pairs and name-derived ones:
+    X_put -> X_get, X_free -> X_alloc, unregister_X -> register_X, ...)."""
+    known = _acquires_by_release().get(release, frozenset())
+    derived = set()
+    for suf, acqs in (("_put", ("_get",)), ("_free", ("_alloc", "_create", "_new", "_init")),
+                      ("_destroy", ("_create", "_alloc", "_init")), ("_unregister", ("_register",)),
+                      ("_deregister", ("_register",)), ("_release", ("_request", "_get", "_acquire", "_alloc")),
+                      ("_unmap", ("_map",)), ("_disable", ("_enable",)), ("_exit", ("_init",)),
+                      ("_cleanup", ("_init", "_setup")), ("_stop", ("_start",))):
+        if release.endswith(suf) and len(release) > len(suf):
+            stem = release[: -len(suf)]
+            derived.update(stem + a for a in acqs)
+    for pre, acqs in (("unregister_", ("register_",)), ("put_", ("get_",)), ("free_", ("alloc_", "request_")),
+                      ("release_", ("request_", "acquire_")), ("destroy_", ("create_", "alloc_"))):
+        if release.startswith(pre):
+            stem = release[len(pre):]
+            derived.update(a + stem for a in acqs)
+    for mid, acqs in (("_put_", ("_get_",)), ("_free_", ("_alloc_", "_new_")), ("_unregister_", ("_register_",)),
+                      ("_release_", ("_get_", "_acquire_", "_request_")), ("_destroy_", ("_create_", "_alloc_"))):
+        if mid in release:
+            derived.update(release.replace(mid, a, 1) for a in acqs)
+    return known | frozenset(derived)

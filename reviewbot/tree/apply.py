@@ -232,6 +232,38 @@ class TreeSession:
                 first_err = proc.stderr.decode(errors="replace")
         return ApplyResult(False, _explain(first_err or ""), [], pre, None)
 
+    def blob_id(self, abbrev: str) -> str | None:
+        """The full id of the blob ABBREV names, when the tree's object store
+        has exactly one object of that prefix and it is a blob."""
+        if not abbrev or not all(c in "0123456789abcdef" for c in abbrev):
+            return None
+        proc = self.git("rev-parse", "--verify", "-q", f"{abbrev}^{{blob}}", check=False)
+        return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+    def apply_on_blobs(self, diff_text: str, blobs: dict[str, str], fallback_text: str | None = None
+                       ) -> ApplyResult:
+        """Apply one patch onto the pre-images its index lines name (as
+        `git am -3` does): each file of BLOBS (path -> abbreviated blob id)
+        is first set to that blob.  Fails, leaving the index as it was, when
+        a blob is unknown or ambiguous or the patch still does not apply."""
+        pre = self._current
+        entries = []
+        for path, abbrev in sorted(blobs.items()):
+            full = self.blob_id(abbrev)
+            if full is None:
+                return ApplyResult(False, f"does not apply, and {path}'s pre-image blob {abbrev} "
+                                          "is not in the tree", [], pre, None)
+            entries.append(b"100644 %s\t%s\0" % (full.encode(), path.encode()))
+        self.git("update-index", "-z", "--index-info", input=b"".join(entries))
+        self._current = self.git("write-tree").stdout.decode().strip()
+        res = self.apply(diff_text, fallback_text)
+        if not res.applies:
+            self.git("read-tree", pre)
+            self._current = pre
+            return ApplyResult(False, res.error, [], pre, None)
+        res.notes.append("applied to the blobs named in the patch (the tree's HEAD differs)")
+        return res
+
     def close(self) -> None:
         if self._catfile is not None:
             try:

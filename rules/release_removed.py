@@ -1,0 +1,372 @@
+"""release-removed (REL004): the patch deletes a release whose acquire stays."""
+from __future__ import annotations
+
+import re
+
+from reviewbot.analysis import cparse
+from reviewbot.analysis.rulekit import ITERATOR_PUTS, SCOPED_ITERATORS, acquires_of, is_release
+from reviewbot.engine import PatchContext, Rule
+from reviewbot.findings import Location
+
+# where the resource is among a release's arguments (default: the first)
+_RESOURCE_ARG = {"dma_free_coherent": 2, "dma_free_attrs": 2, "free_irq": 1, "release_mem_region": 0,
+                 "device_destroy": 1, "dma_unmap_single": 1, "dma_unmap_page": 1}
+_EXIT_TYPES = ("return_statement", "goto_statement", "break_statement", "continue_statement")
+_LOOPS = ("for_statement", "while_statement", "do_statement")
+_CLEANUP_WORDS = re.compile(r"put|free|release|destroy|cleanup|clean_up|unregister|remove|exit|deinit|"
+                            r"teardown|uninit|kill|close|stop|disable|unmap|detach|del|drop|undo|fini|unwind",
+                            re.I)
+
+
+def _norm(expr: str) -> str:
+    t = re.sub(r"\s+", "", expr)
+    t = re.sub(r"^\((?:const)?(?:struct)?\w+\*?\)", "", t)      # a cast
+    return t.lstrip("&")
+
+
+def _resource(call: cparse.Call) -> str | None:
+    i = _RESOURCE_ARG.get(call.name, 0)
+    return _norm(call.args[i]) if len(call.args) > i else None
+
+
+def _member(expr: str) -> str | None:
+    m = re.search(r"(?:->|\.)(\w+)$", expr)
+    return m.group(1) if m else None
+
+
+class ReleaseRemoved(Rule):
+    """Flags a release (`kfree()`, `of_node_put()`, `put_device()`,
+    `pm_runtime_put*()`, `tasklet_kill()`, `unregister_*()`, ...) that the
+    patch deletes while what it released is still acquired, and no other
+    release is left on the path the deleted one was on.
+
+    ## What it does
+    For each call the patch removes that gives something back, it looks at
+    the same function after the patch: if the release is not simply moved
+    (the same release of the same object, or a call handing the object to a
+    cleanup helper, is added), and the object still comes from an acquire
+    that this release undoes (`np = of_get_child_by_name()`,
+    `for_each_child_of_node(parent, child)`, `pm_runtime_get_sync(dev)`,
+    `tasklet_init(&priv->tasklet)` elsewhere in the file), it follows the
+    path from where the release was to the function's exit (through a
+    `goto` into the unwind ladder) and reports when that path releases it
+    nowhere and does not hand it on (returned or stored).
+
+    ## Why is this bad?
+    Error paths and teardown callbacks are where releases go missing: the
+    reference, memory, registration or usage count taken earlier is never
+    given back, and the device, module or namespace can never go away.
+    Deleting a release is often a refactoring slip; when it fixes a double
+    release, the other release is on the same path, and nothing is said.
+
+    ## Example
+         np = of_get_child_by_name(dev->of_node, "ports");
+         if (!np)
+                 return -ENODEV;
+         ret = of_property_read_u32(np, "reg", &reg);
+         if (ret) {
+        -        of_node_put(np);
+                 return ret;
+         }
+
+    ## Use instead
+    Keep the release on every path that leaves with the object, or jump to
+    the label of the unwind ladder that releases it.
+
+    ## References
+    Documentation/core-api/kref.rst; scripts/coccinelle/iterators/for_each_child.cocci
+    """
+
+    code = "REL004"
+    name = "release-removed"
+    family = "missing-release"
+    severity = "warning"
+    confidence = "medium"
+
+    def check_patch(self, ctx: PatchContext):
+        for fv in ctx.c_files():
+            if fv.diff.is_new or not fv.diff.removed():
+                continue
+            full = fv.has_full_image and fv.pre is not None
+            removed = {ln.old_no for ln in fv.diff.removed() if ln.old_no}
+            pre_funcs = cparse.functions(fv.pre_tree)
+            post_funcs = {f.name: f for f in cparse.functions(fv.post_tree)}
+            shown = None if full else fv.shown_lines(True)
+            reported = set()
+            for pf in pre_funcs:
+                if not any(pf.start <= n <= pf.end for n in removed):
+                    continue
+                post = post_funcs.get(pf.name)
+                if post is None:
+                    continue
+                for c in cparse.calls(pf.node):
+                    if c.line not in removed or not is_release(c.name):
+                        continue
+                    res = _resource(c)
+                    if not res or (pf.name, c.name, res) in reported:
+                        continue
+                    got = self._check(fv, pf, post, c, res, shown)
+                    if got is not None:
+                        reported.add((pf.name, c.name, res))
+                        yield got
+
+    def _check(self, fv, pre_fn, post_fn, call, res, shown):
+        fam = acquires_of(call.name)
+        if not fam:
+            return None
+        # moved, not removed: as many releases of it after the patch as before
+        def count(fn):
+            return sum(1 for c in cparse.calls(fn.node)
+                       if is_release(c.name) and (c.name == call.name or acquires_of(c.name) & fam)
+                       and _resource(c) == res)
+        if count(post_fn) >= count(pre_fn):
+            return None
+        added = fv.added_lines
+        base = re.split(r"->|\.", res)[0]
+        for c in cparse.calls(post_fn.node):
+            if c.line in added and _CLEANUP_WORDS.search(c.name) and any(
+                    _norm(a) == res or _norm(a).startswith((res + "->", res + ".")) or _norm(a) == base
+                    for a in c.args):
+                return None        # handed to a cleanup helper instead
+        anchor = _anchor(fv, call.line)
+        acq = _acquire_of(post_fn, res, fam) or _file_acquire(fv, res, fam)
+        if acq is None and anchor is not None:
+            acq = _unknown_acquire(post_fn, res, anchor)
+        if acq is None:
+            return None
+        if anchor is None or not (post_fn.start <= anchor <= post_fn.end):
+            return None
+        if shown is not None and (acq[1] not in shown or anchor not in shown):
+            return None
+        exit_line = _unreleased_exit(post_fn, anchor, res, fam, call.name, shown)
+        if exit_line is None:
+            return None
+        acq_name, acq_line, how = acq
+        where = "in this function" if how != "file" else "in this file"
+        if exit_line == post_fn.end:
+            path = f"{post_fn.name}() now ends"
+        else:
+            path = f"the path through line {exit_line} now leaves {post_fn.name}()"
+        msg = (f"This removes {call.name}({call.args[_RESOURCE_ARG.get(call.name, 0)].strip()}), "
+               f"but {res} is still taken by {acq_name}() {where} (line {acq_line}), and {path} "
+               f"without releasing it. Is it leaked there now, or is it released somewhere "
+               f"this patch does not show?")
+        line = anchor if anchor in added or not added else anchor
+        conf = "low" if how == "value?" else "medium"
+        return self.finding(fv.path, line, msg, confidence=conf,
+                            related=[Location(fv.path, acq_line, f"{acq_name}() takes it"),
+                                     Location(fv.path, exit_line, "leaves without releasing")])
+
+
+def _anchor(fv, old_no: int) -> int | None:
+    """The post-image line the removed line OLD_NO sat before."""
+    for h in fv.diff.hunks:
+        hit = False
+        last = None
+        for ln in h.lines:
+            if ln.kind == "-" and ln.old_no == old_no:
+                hit = True
+                continue
+            if hit and ln.kind != "-" and ln.new_no:
+                return ln.new_no
+            if ln.new_no:
+                last = ln.new_no
+        if hit:
+            return last
+    return None
+
+
+def _assigned(c: cparse.Call) -> str | None:
+    """What a call's result is assigned to (`x = f()`, `T *x = f()`)."""
+    n = c.node
+    while n.parent is not None and n.parent.type in ("cast_expression", "parenthesized_expression"):
+        n = n.parent
+    p = n.parent
+    if p is not None and p.type == "assignment_expression" and p.child_by_field_name("right") == n:
+        return _norm(cparse.node_text(p.child_by_field_name("left")))
+    if p is not None and p.type == "init_declarator" and p.child_by_field_name("value") == n:
+        d = p.child_by_field_name("declarator")
+        while d is not None and d.type != "identifier":
+            d = d.child_by_field_name("declarator")
+        return cparse.node_text(d) if d is not None else None
+    return None
+
+
+def _derives(res: str, var: str) -> bool:
+    return res == var or res.startswith((var + "->", var + "."))
+
+
+def _unknown_acquire(fn, res: str, before: int) -> tuple[str, int, str] | None:
+    """RES (or what it hangs off) assigned from some call before line
+    BEFORE: the deleted release says that call hands out something to
+    give back (how much that is worth, the tree's pairs tell)."""
+    best = None
+    for c in cparse.calls(fn.node):
+        if c.line >= before or is_release(c.name):
+            continue
+        var = _assigned(c)
+        if var and _derives(res, var):
+            best = (c.name, c.line, "value?")
+    return best
+
+
+def _acquire_of(fn, res: str, fam) -> tuple[str, int, str] | None:
+    """An acquire in FN that RES comes from: assigned from one, passed to a
+    by-argument one, or the variable of a reference-counting iterator."""
+    for c in cparse.calls(fn.node):
+        if c.name not in fam:
+            continue
+        if c.name in ITERATOR_PUTS:
+            if c.name not in SCOPED_ITERATORS and any(_norm(a) == res for a in c.args):
+                return c.name, c.line, "iterator"
+            continue
+        var = _assigned(c)
+        if var is not None:
+            if _derives(res, var):
+                return c.name, c.line, "value"
+        elif any(_norm(a) == res for a in c.args):
+            return c.name, c.line, "argument"
+    return None
+
+
+def _file_acquire(fv, res: str, fam) -> tuple[str, int, str] | None:
+    """For a struct member (priv->tasklet): an acquire of the same member
+    anywhere in the file (set up in probe, torn down in remove)."""
+    mem = _member(res)
+    if mem is None:
+        return None
+    for f in cparse.functions(fv.post_tree):
+        for c in cparse.calls(f.node):
+            if c.name not in fam or c.name in ITERATOR_PUTS:
+                continue
+            var = _assigned(c)
+            if (var is not None and _member(var) == mem) or any(_member(_norm(a)) == mem for a in c.args):
+                return c.name, c.line, "file"
+    return None
+
+
+def _releases(node, res: str, fam, name: str) -> bool:
+    for c in cparse.calls(node):
+        if is_release(c.name) and (c.name == name or acquires_of(c.name) & fam) and _resource(c) == res:
+            return True
+        if _CLEANUP_WORDS.search(c.name) and any(_norm(a) == res for a in c.args) and c.name != name:
+            return True     # handed to a helper that may release it
+    return False
+
+
+def _hands_on(node, res: str) -> bool:
+    """RES returned, or stored somewhere that outlives the function."""
+    for n in cparse.walk(node):
+        if n.type == "return_statement" and re.search(r"(?<![\w>.])" + re.escape(res) + r"(?![\w])",
+                                                      cparse.node_text(n)):
+            return True
+        if n.type == "assignment_expression":
+            right = n.child_by_field_name("right")
+            left = n.child_by_field_name("left")
+            if right is not None and _norm(cparse.node_text(right)) == res and left is not None \
+                    and left.type != "identifier":
+                return True
+    return False
+
+
+def _unreleased_exit(fn, anchor: int, res: str, fam, name: str, shown) -> int | None:
+    """Follow the statements from ANCHOR to the function's exit; the exit's
+    line when nothing on the way releases RES or hands it on, else None."""
+    body = fn.node.child_by_field_name("body")
+    if body is None:
+        return None
+    labels = {}
+    for n in cparse.walk(body):
+        if n.type == "labeled_statement":
+            lab = n.child_by_field_name("label")
+            if lab is not None:
+                labels[cparse.node_text(lab)] = n
+    # the innermost block holding the anchor
+    block = body
+    while True:
+        inner = None
+        for ch in block.named_children:
+            if cparse.line_of(ch) <= anchor <= cparse.end_line_of(ch):
+                inner = ch
+                break
+        if inner is None:
+            break
+        sub = _block_of(inner, anchor)
+        if sub is None:
+            break
+        block = sub
+    node = block
+    start = anchor
+    seen_labels = set()
+    for _ in range(64):
+        for st in node.named_children:
+            if cparse.end_line_of(st) < start or st.type == "comment":
+                continue
+            if shown is not None and any(i not in shown for i in range(cparse.line_of(st), cparse.end_line_of(st) + 1)):
+                return None
+            if _releases(st, res, fam, name) or _hands_on(st, res):
+                return None
+            ex = _first_exit(st)
+            if ex is None:
+                continue
+            if ex.type == "goto_statement":
+                lab = ex.child_by_field_name("label")
+                tgt = labels.get(cparse.node_text(lab)) if lab is not None else None
+                lname = cparse.node_text(lab) if lab is not None else ""
+                if tgt is None or lname in seen_labels:
+                    return None
+                seen_labels.add(lname)
+                if shown is not None and any(i not in shown for i in range(cparse.line_of(tgt), fn.end + 1)):
+                    return None
+                # the ladder from the label down to the function's end
+                tail = [s for s in body.named_children if cparse.line_of(s) >= cparse.line_of(tgt)]
+                if any(_releases(s, res, fam, name) or _hands_on(s, res) for s in tail):
+                    return None
+                return cparse.line_of(ex)
+            if ex.type == "return_statement":
+                return cparse.line_of(ex)
+            return None        # break/continue: where the loop goes next is not followed
+        # fell off the end of this block: continue after its statement
+        if node == body:
+            return fn.end
+        child, parent = node, node.parent
+        while parent is not None and parent.type != "compound_statement":
+            if parent.type in _LOOPS:
+                return None    # the loop goes round again
+            child, parent = parent, parent.parent
+        if parent is None:
+            return None
+        start = cparse.end_line_of(child) + 1
+        node = parent
+    return None
+
+
+def _block_of(stmt, line: int):
+    """The compound statement inside STMT (a branch, a loop body, a case)
+    that holds LINE, if any."""
+    if stmt.type == "compound_statement":
+        return stmt
+    for ch in stmt.named_children:
+        if cparse.line_of(ch) <= line <= cparse.end_line_of(ch):
+            if ch.type == "compound_statement":
+                return ch
+            got = _block_of(ch, line)
+            if got is not None:
+                return got
+    return None
+
+
+def _first_exit(stmt):
+    """The exit STMT takes when it runs straight through: STMT itself, or
+    the last statement of an unconditional block."""
+    if stmt.type in _EXIT_TYPES:
+        return stmt
+    if stmt.type == "labeled_statement":
+        kids = [c for c in stmt.named_children if c.type != "statement_identifier"]
+        return _first_exit(kids[-1]) if kids else None
+    if stmt.type == "compound_statement":
+        for ch in stmt.named_children:
+            got = _first_exit(ch)
+            if got is not None:
+                return got
+    return None

@@ -146,7 +146,7 @@ def _load_optional(name: str):
         return None
 
 
-for _mod in ("reply.checkcmd", "watch.command", "tree.indexcmd"):
+for _mod in ("reply.checkcmd", "watch.command", "tree.indexcmd", "tree.factscmd"):
     _m = _load_optional(_mod)
     if _m is not None and hasattr(_m, "register"):
         _m.register(cli)

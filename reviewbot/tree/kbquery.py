@@ -1,0 +1,369 @@
+"""Read side of the tree knowledge base (reviewbot.tree.knowledge): the
+stored answers of a full base, with an overlay (a delta's changed files,
+and a series' post-images) whose functions are answered from their facts at
+query time.  Read-only, in-process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+from reviewbot.analysis import facts as F
+
+PSEUDO = ("rcu", "irq", "bh", "preempt")
+_FACTS: "OrderedDict[str, dict]" = OrderedDict()
+
+
+def facts_of_text(path: str, text: str) -> dict:
+    """F.extract(text, path), remembered by content (a series shows the
+    same post-image again and again)."""
+    key = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).hexdigest() + path[-2:]
+    got = _FACTS.get(key)
+    if got is None:
+        from reviewbot.tree.knowledge import extract_bytes
+        got = _FACTS[key] = extract_bytes(path, text.encode("utf-8", "replace"))
+        if len(_FACTS) > 64:
+            _FACTS.popitem(last=False)
+    else:
+        _FACTS.move_to_end(key)
+    return got
+
+
+def _ro(p: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{p}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    return conn
+
+
+class Knowledge:
+    """One tree's knowledge: a full base and, for a delta, its changed files."""
+
+    def __init__(self, base: sqlite3.Connection, meta: dict, delta_facts: dict[str, dict], path: Path):
+        self.db = base
+        self.meta = meta
+        self.delta_facts = delta_facts        # path -> facts ({} funcs for a deleted file)
+        self.path = path
+        self._wrap: dict = {}
+
+    @classmethod
+    def load(cls, p: Path, cache: Path) -> "Knowledge":
+        conn = _ro(p)
+        meta = dict(conn.execute("SELECT k, v FROM meta").fetchall())
+        if not meta.get("parent"):
+            return cls(conn, meta, {}, p)
+        base = _ro(cache / meta["parent"])
+        delta = {}
+        blobs = dict(conn.execute("SELECT blob, facts FROM blobs").fetchall())
+        for path, blob in conn.execute("SELECT path, blob FROM files").fetchall():
+            z = blobs.get(blob)
+            delta[path] = json.loads(zlib.decompress(z)) if z else {"funcs": []}
+        conn.close()
+        return cls(base, meta, delta, p)
+
+    @property
+    def commit(self) -> str:
+        return self.meta["commit"]
+
+    def view(self, texts: dict[str, str] | None = None) -> "View":
+        over = dict(self.delta_facts)
+        for path, text in (texts or {}).items():
+            over[path] = facts_of_text(path, text) if text else {"funcs": []}
+        return View(self, over)
+
+    def wrapper(self, name: str):
+        got = self._wrap.get(name, 0)
+        if got == 0:
+            row = self.db.execute("SELECT ops FROM wrappers WHERE name=?", (name,)).fetchone()
+            got = self._wrap[name] = json.loads(row[0]) if row else None
+        return got
+
+
+class _Wrappers:
+    """The dict simulate() asks: the base's wrappers, the overlay's first."""
+
+    def __init__(self, kb: Knowledge, local: dict):
+        self.kb = kb
+        self.local = local
+
+    def get(self, name, default=None):
+        got = self.local.get(name)
+        if got is not None:
+            return got
+        got = self.kb.wrapper(name)
+        return got if got is not None else default
+
+
+def _flags(flags: int) -> dict:
+    return {"static": bool(flags & 1), "inline": bool(flags & 2), "stub": bool(flags & 4),
+            "header": bool(flags & 8), "macro": bool(flags & 16)}
+
+
+class View:
+    """What rules query (see the method docstrings).  Function NAMEs are
+    plain C names; PATH picks one definition when a name has several."""
+
+    def __init__(self, kb: Knowledge, overlay: dict[str, dict]):
+        self.kb = kb
+        self.db = kb.db
+        self.overlay = overlay
+        self.hidden = set(overlay)
+        self.over_funcs: dict[str, list] = {}
+        local_wrap = {}
+        for path, ff in overlay.items():
+            for fn in ff.get("funcs", ()):
+                self.over_funcs.setdefault(fn["n"], []).append((path, fn))
+            local_wrap.update(ff.get("wrap", {}))
+        self.wrappers = _Wrappers(kb, local_wrap)
+        self._sim: dict = {}
+        self._memo: dict = {}
+
+    # -- definitions
+    def definitions(self, name: str) -> list[dict]:
+        """Every definition of NAME: the real one first, then stubs, config
+        variants, macros.  Each: name, path, line, end, static, inline,
+        stub, header, macro, ncalls, source ('base' or 'overlay')."""
+        out = []
+        for fid, path, line, end, flags, ncalls in self.db.execute(
+                "SELECT id, path, line, end, flags, ncalls FROM funcs WHERE name=?", (name,)):
+            if path in self.hidden:
+                continue
+            out.append({"name": name, "path": path, "line": line, "end": end, "ncalls": ncalls,
+                        "source": "base", "id": fid, **_flags(flags)})
+        for path, fn in self.over_funcs.get(name, ()):
+            ncalls = sum(1 for e in fn["ev"] if type(e) is not str and e[0] == "c")
+            out.append({"name": name, "path": path, "line": fn["l"], "end": fn["e"], "ncalls": ncalls,
+                        "source": "overlay", "fn": fn, **_flags(fn["f"])})
+        out.sort(key=lambda d: (d["macro"], d["stub"], d["header"], -d["ncalls"], d["path"]))
+        return out
+
+    def _def(self, name: str, path: str | None = None):
+        defs = self.definitions(name)
+        if path is not None:
+            same = [d for d in defs if d["path"] == path]
+            if same:
+                return same[0]
+            defs = [d for d in defs if not (d["static"] and not d["header"])]
+        return defs[0] if defs else None
+
+    def _resolve_from(self, callee: str, path: str):
+        return self._def(callee, path)
+
+    def _simulate(self, d: dict):
+        key = (d["path"], d["name"], d["line"])
+        got = self._sim.get(key)
+        if got is None:
+            fn = d["fn"]
+            got = self._sim[key] = F.simulate(fn["ev"], self.wrappers, fn["t"], fn["p"])
+        return got
+
+    @staticmethod
+    def _where(d: dict) -> str:
+        return f"{d['name']} ({d['path']}:{d['line']})"
+
+    # -- may-sleep
+    def may_sleep(self, name: str, path: str | None = None) -> list[str] | None:
+        """A witness chain (caller first, the sleeping primitive last) when
+        NAME may sleep, else None."""
+        return self._may_sleep(name, path, 0, set())
+
+    def _may_sleep(self, name, path, depth, seen):
+        d = self._def(name, path)
+        if d is None:
+            return None
+        key = ("sleep", d["path"], name)
+        if key in self._memo:
+            return self._memo[key]
+        if d["source"] == "base":
+            row = self.db.execute("SELECT chain FROM sleep WHERE id=?", (d["id"],)).fetchone()
+            got = json.loads(row[0]) if row else None
+            self._memo[key] = got
+            return got
+        fn = d["fn"]
+        got = None
+        if fn["seed"]:
+            s = fn["seed"][0]
+            got = [f"{self._where(d)} calls {s[0]}() at line {s[1]} ({s[2]})"]
+        elif depth < 8 and key not in seen:
+            seen.add(key)
+            done = set()
+            for e in fn["ev"]:
+                if type(e) is str or e[0] != "c" or e[1] in done or e[1] == name:
+                    continue
+                done.add(e[1])
+                sub = self._may_sleep(e[1], d["path"], depth + 1, seen)
+                if sub:
+                    got = [f"{self._where(d)} calls {e[1]}() at line {e[2]}"] + sub
+                    break
+        self._memo[key] = got
+        return got
+
+    # -- contexts
+    def contexts(self, name: str, path: str | None = None) -> list[tuple[str, str]]:
+        """(context, witness) pairs: hardirq, softirq, atomic (every caller
+        holds a spinlock, or an ops member called so), rtnl, locked."""
+        d = self._def(name, path)
+        if d is None:
+            return []
+        ids = [d["id"]] if d["source"] == "base" else [
+            r[0] for r in self.db.execute("SELECT id FROM funcs WHERE name=? AND path=?", (name, d["path"]))]
+        out = []
+        for fid in ids:
+            for c, w, src in self.db.execute("SELECT ctx, witness, src FROM ctx WHERE id=?", (fid,)):
+                if src not in self.hidden and (c, w) not in out:
+                    out.append((c, w))
+        from reviewbot.analysis import kbseeds as S
+        for opath, ff in self.overlay.items():
+            for fn in ff.get("funcs", ()):
+                for kind, cb, via, line in fn.get("reg", ()):
+                    if cb == name and self._def(cb, opath) == d or (cb == name and opath == d["path"]):
+                        what = S.FUNCTION_MEMBER_CONTEXT[1] if via == "hrtimer .function" else \
+                            S.REG_WHAT.get(kind, kind)
+                        out.append((kind, f"{what}: registered with {via}() in {fn['n']} ({opath}:{line})"))
+            for st, var, line, members in ff.get("ops", ()):
+                for member, value in members:
+                    if value == name:
+                        for kind, why in S.OPS_CONTEXTS.get((st, member), ()):
+                            out.append((kind, f".{member} of struct {st} {var} ({opath}:{line}): {why}"))
+        return out
+
+    # -- locks
+    def locks_taken(self, name: str, path: str | None = None, depth: int = 2) -> list[dict]:
+        """Lock classes NAME takes, itself or through callees (DEPTH levels):
+        [{class, kind, path: [witness steps]}]."""
+        out: dict[str, dict] = {}
+        self._taken(name, path, depth, [], out, set())
+        return list(out.values())
+
+    def _taken(self, name, path, depth, prefix, out, seen):
+        d = self._def(name, path)
+        if d is None or (d["path"], name) in seen:
+            return
+        seen.add((d["path"], name))
+        if d["source"] == "base":
+            rows = self.db.execute("SELECT class, kind, line, via FROM taken WHERE id=?", (d["id"],)).fetchall()
+            callees = self.db.execute("SELECT callee, MIN(line) FROM calls WHERE caller=? GROUP BY callee",
+                                      (d["id"],)).fetchall() if depth > 0 else []
+        else:
+            calls, acq, _, _, _ = self._simulate(d)
+            rows = acq
+            first = {}
+            for c, ln, _ in calls:
+                first.setdefault(c, ln)
+            callees = list(first.items()) if depth > 0 else []
+        for c, k, ln, via in rows:
+            if c and c not in out and not c.startswith("@"):
+                out[c] = {"class": c, "kind": k,
+                          "path": prefix + [f"{self._where(d)} takes it with {via}() at line {ln}"]}
+        for callee, ln in callees:
+            if len(out) > 60:
+                break
+            self._taken(callee, d["path"], depth - 1,
+                        prefix + [f"{self._where(d)} calls {callee}() at line {ln}"], out, seen)
+
+    def held_by_callers(self, name: str) -> list[dict]:
+        """Call sites of NAME made with locks held: [{caller, path, line,
+        held: [(class, kind)]}]."""
+        out = []
+        for caller, line, held in self.db.execute(
+                "SELECT caller, line, held FROM calls WHERE callee=? AND held IS NOT NULL", (name,)):
+            row = self.db.execute("SELECT name, path FROM funcs WHERE id=?", (caller,)).fetchone()
+            if row and row[1] not in self.hidden:
+                out.append({"caller": row[0], "path": row[1], "line": line,
+                            "held": [tuple(h) for h in json.loads(held)]})
+        for opath, ff in self.overlay.items():
+            for fn in ff.get("funcs", ()):
+                if not any(type(e) is not str and e[0] == "c" and e[1] == name for e in fn["ev"]):
+                    continue
+                d = {"name": fn["n"], "path": opath, "line": fn["l"], "fn": fn}
+                for c, ln, held in self._simulate(d)[0]:
+                    if c == name and held:
+                        out.append({"caller": fn["n"], "path": opath, "line": ln, "held": list(held)})
+        return out
+
+    # -- lock order
+    def _overlay_edges(self):
+        got = self._memo.get("edges")
+        if got is None:
+            got = []
+            for opath, ff in self.overlay.items():
+                for fn in ff.get("funcs", ()):
+                    d = {"name": fn["n"], "path": opath, "line": fn["l"], "fn": fn}
+                    for a, b, ln, via in self._simulate(d)[2]:
+                        got.append((a, b, [f"{fn['n']} ({opath}:{ln}) takes {b} with {via}() while holding {a}"]))
+            self._memo["edges"] = got
+        return got
+
+    def order_edge(self, a: str, b: str) -> list[str] | None:
+        """A witness path for "B taken while A is held", or None."""
+        for x, y, w in self._overlay_edges():
+            if x == a and y == b:
+                return w
+        for w, src in self.db.execute("SELECT witness, src FROM edges WHERE a=? AND b=?", (a, b)):
+            if src not in self.hidden:
+                return json.loads(w)
+        return None
+
+    def edges_from(self, a: str) -> list[tuple[str, str, list[str]]]:
+        out = [(x, y, w) for x, y, w in self._overlay_edges() if x == a]
+        out += [(a, b, json.loads(w)) for b, w, src in
+                self.db.execute("SELECT b, witness, src FROM edges WHERE a=?", (a,)) if src not in self.hidden]
+        return out
+
+    def edges_to(self, b: str) -> list[tuple[str, str, list[str]]]:
+        out = [(x, y, w) for x, y, w in self._overlay_edges() if y == b]
+        out += [(a, b, json.loads(w)) for a, w, src in
+                self.db.execute("SELECT a, witness, src FROM edges WHERE b=?", (b,)) if src not in self.hidden]
+        return out
+
+    # -- release pairs
+    def release_for(self, acquire: str) -> list[tuple[str, int, int, str]]:
+        """(release, support, total, source) for ACQUIRE, best supported
+        first; source: mined, naming, rulekit, DEFINE_FREE, __free."""
+        rows = self.db.execute("SELECT release, support, total, source FROM pairs WHERE acquire=?",
+                               (acquire,)).fetchall()
+        best: dict[str, tuple] = {}
+        for r in rows:
+            if r[0] not in best or r[1] > best[r[0]][1]:
+                best[r[0]] = r
+        return sorted(best.values(), key=lambda r: (-r[1], r[0]))
+
+    def acquire_for(self, release: str) -> list[tuple[str, int, int, str]]:
+        """The pairs RELEASE undoes: (acquire, support, total, source)."""
+        rows = self.db.execute("SELECT acquire, support, total, source FROM pairs WHERE release=?",
+                               (release,)).fetchall()
+        return sorted(rows, key=lambda r: (-r[1], r[0]))
+
+    def release_on_failure(self, name: str) -> list[tuple[str, int, int]]:
+        """(release, support, total): how often callers of NAME release with
+        it inside their `if (ret)` failure branch (kobject_init_and_add ->
+        kobject_put)."""
+        return sorted(self.db.execute("SELECT release, support, total FROM failrel WHERE acquire=?",
+                                      (name,)).fetchall(), key=lambda r: -r[1])
+
+    # -- one function, for `reviewbot facts`
+    def describe(self, name: str) -> list[dict]:
+        out = []
+        for d in self.definitions(name):
+            taken = self.locks_taken(name, d["path"])
+            classes = [t["class"] for t in taken]
+            out.append({
+                "name": name, "path": d["path"], "line": d["line"], "end": d["end"],
+                "kind": ("macro" if d["macro"] else "stub" if d["stub"] else
+                         "static inline" if d["inline"] and d["header"] else "function"),
+                "static": d["static"], "source": d["source"],
+                "locks_taken": taken,
+                "may_sleep": self.may_sleep(name, d["path"]),
+                "contexts": [{"context": c, "witness": w} for c, w in self.contexts(name, d["path"])],
+                "held_by_callers": self.held_by_callers(name)[:10],
+                "order_edges_in": [{"a": a, "b": b, "witness": w} for c in classes for a, b, w in
+                                   self.edges_to(c)[:5]],
+                "order_edges_out": [{"a": a, "b": b, "witness": w} for c in classes for a, b, w in
+                                    self.edges_from(c)[:5]],
+                "pairs": {"releases": [list(r) for r in self.release_for(name)[:10]],
+                          "acquires": [list(r) for r in self.acquire_for(name)[:10]],
+                          "release_on_failure": [list(r) for r in self.release_on_failure(name)[:10]]},
+            })
+        return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from itertools import accumulate
 
 from reviewbot.analysis import kbseeds as S
 from reviewbot.analysis import lockflow as LF
@@ -258,11 +259,48 @@ _DEFINE_GUARD = re.compile(r"\bDEFINE_GUARD\s*\(\s*(\w+)\s*,[^,]*,\s*(\w+)\s*\([
 _STUB_BODY = re.compile(r"^\{\s*(?:return\s*[-\w\s()*]*;\s*)?\}$")
 
 
+# name classes (bits), worked out once per name
+_K_KEYWORD, _K_LOCK, _K_GUARD, _K_WRAP, _K_SLEEP, _K_GFP, _K_REG, _K_REL, _K_ARGACQ = (1 << i for i in range(9))
+_CLASS: dict[str, int] = {}
+
+
+def _classify(name: str) -> int:
+    k = 0
+    if name in KEYWORDS:
+        k |= _K_KEYWORD
+    if name in ACQ or name in REL:
+        k |= _K_LOCK
+    if name in ("guard", "scoped_guard"):
+        k |= _K_GUARD
+    if WRAPPERISH.search(name):
+        k |= _K_WRAP
+    if name in S.SLEEPS:
+        k |= _K_SLEEP
+    if name in S.GFP_ALLOCS:
+        k |= _K_GFP
+    if name in S.REGISTRATIONS:
+        k |= _K_REG
+    if _RELEASE_RE.search(name):
+        k |= _K_REL
+    elif _ARG_ACQ.search(name):
+        k |= _K_ARGACQ
+    if len(_CLASS) > 200000:
+        _CLASS.clear()
+    _CLASS[name] = k
+    return k
+
+
+_EV2 = re.compile(r"(?<![\w.>])(?:(if|else)|(return|goto|break|continue))\b|"
+                  r"(?<![\w.>])(?:([A-Za-z_]\w*+(?:(?:->|\.)\w++)*+)\s*+=(?!=)\s*+)?([A-Za-z_]\w*+)\s*+\(|"
+                  r"([{};])|(?:->|\.)\s*function\s*=\s*&?\s*([A-Za-z_]\w*)\s*;")
+
+
 def body_events(body: str, base_line: int, line_starts: list[int], off: int, params: list[str],
                 types: dict[str, str], fn: dict) -> list:
     """The events of one function body (BODY starts at OFF in the file).
     Fills FN's side facts (registrations, sleep seeds, mining)."""
     ev: list = []
+    push = ev.append
     stack = [False]            # per open block: its last statement is terminal
     pending_kw = None          # return/goto/... of the statement being read
     if_seen = False
@@ -273,138 +311,138 @@ def body_events(body: str, base_line: int, line_starts: list[int], off: int, par
     regs = fn["reg"]
     seeds = fn["seed"]
     starts = line_starts
+    classes = _CLASS
 
-    def line_at(pos: int) -> int:
-        return bisect_right(starts, off + pos)
-
-    for m in _EV.finditer(body):
-        kw, name, punct, fmember = m.group(1), m.group(2), m.group(3), m.group(4)
+    for m in _EV2.finditer(body):
+        punct = m.group(5)
         if punct is not None:
-            if punct == "{":
-                stack.append(False)
-                ev.append("{")
-                if_seen = False
-                pending_kw = None
-            elif punct == "}":
-                term = stack.pop() if len(stack) > 1 else False
-                ev.append("}T" if term else "}")
-                if stack:
-                    stack[-1] = False
-                if_seen = False
-                pending_kw = None
-            else:
+            if punct == ";":
                 stack[-1] = pending_kw is not None and not if_seen
                 if pending_kw == "return":
-                    ev.append("R")
+                    push("R")
                 pending_kw = None
                 if_seen = False
-            continue
-        if kw is not None:
-            if kw in ("if", "else"):
-                if_seen = True
+            elif punct == "{":
+                stack.append(False)
+                push("{")
+                if_seen = False
+                pending_kw = None
             else:
-                pending_kw = kw
+                term = stack.pop() if len(stack) > 1 else False
+                push("}T" if term else "}")
+                stack[-1] = False
+                if_seen = False
+                pending_kw = None
             continue
-        if fmember is not None:
-            regs.append(("softirq", fmember, "hrtimer .function", line_at(m.start())))
+        name = m.group(4)
+        if name is None:
+            if m.group(1) is not None:
+                if_seen = True
+            elif m.group(2) is not None:
+                pending_kw = m.group(2)
+            elif m.group(6) is not None:
+                regs.append(("softirq", m.group(6), "hrtimer .function", bisect_right(starts, off + m.start())))
             continue
-        if name in KEYWORDS:
+        k = classes.get(name)
+        if k is None:
+            k = _classify(name)
+        if k & _K_KEYWORD:
             continue
-        ln = line_at(m.start())
+        ln = bisect_right(starts, off + m.start(4))
         pos = m.end()
-        if name in ACQ or name in REL:
+        if k & _K_LOCK:
             kind, fixed = ACQ[name] if name in ACQ else REL[name]
             if fixed is None:
                 args, _ = split_args(body, pos)
                 if kind == "sock":
                     cls = "struct sock.sk_lock" if args else None
-                    if args and args[0].strip() in params:
-                        cls = "struct sock.sk_lock"
                 else:
                     cls = lock_class(args[0], types, params) if args else None
             else:
                 cls = fixed
-            ev.append(("a" if name in ACQ else "r", cls, kind, ln, name))
-            if name in S.SLEEPS:
+            push(("a" if name in ACQ else "r", cls, kind, ln, name))
+            if k & _K_SLEEP:
                 seeds.append((name, ln, S.SLEEPS[name]))
             continue
-        if name in ("guard", "scoped_guard"):
-            g = _GUARD.match(body, m.start())
+        if k & _K_GUARD:
+            g = _GUARD.match(body, m.start(4))
             if g:
                 gk = GUARD_KINDS.get(g.group(2), "mutex" if "mutex" in g.group(2) else "spin")
                 cls = lock_class(g.group(3), types, params) if g.group(3).strip() else g.group(2)
                 if gk in ("rcu", "irq", "bh", "preempt"):
                     cls = gk
                 # held to the end of the enclosing (guard) or following (scoped_guard) block
-                ev.append(("g" if name == "guard" else "G", cls, gk, ln, f"{name}({g.group(2)})"))
+                push(("g" if name == "guard" else "G", cls, gk, ln, f"{name}({g.group(2)})"))
                 if gk in ("mutex", "rwsem"):
                     seeds.append((f"{name}({g.group(2)})", ln, "sleeping lock"))
             continue
         # an ordinary call
-        args = None
-        if WRAPPERISH.search(name):
-            args, _ = split_args(body, pos)
-        ev.append(("c", name, ln, args))
-        if name in S.SLEEPS:
-            seeds.append((name, ln, S.SLEEPS[name]))
-        elif name in S.GFP_ALLOCS:
-            a, _ = split_args(body, pos) if args is None else (args, 0)
-            i = S.GFP_ALLOCS[name]
-            g = a[i] if -len(a) <= i < len(a) else ""
-            if any(x in g for x in S.SLEEPING_GFP):
-                seeds.append((name, ln, "allocation with " + _WS.sub(" ", g)))
-        reg = S.REGISTRATIONS.get(name)
-        if reg is not None:
-            a, _ = split_args(body, pos) if args is None else (args, 0)
-            if reg[1] < len(a):
-                cb = strip_expr(a[reg[1]])
-                if cb.isidentifier() and cb not in ("NULL", "0"):
-                    regs.append((reg[0], cb, name, ln))
+        args = split_args(body, pos)[0] if k & _K_WRAP else None
+        push(("c", name, ln, args))
+        if k & (_K_SLEEP | _K_GFP | _K_REG):
+            if k & _K_SLEEP:
+                seeds.append((name, ln, S.SLEEPS[name]))
+            elif k & _K_GFP:
+                a = split_args(body, pos)[0] if args is None else args
+                i = S.GFP_ALLOCS[name]
+                g = a[i] if -len(a) <= i < len(a) else ""
+                if any(x in g for x in S.SLEEPING_GFP):
+                    seeds.append((name, ln, "allocation with " + _WS.sub(" ", g)))
+            if k & _K_REG:
+                reg = S.REGISTRATIONS[name]
+                a = split_args(body, pos)[0] if args is None else args
+                if reg[1] < len(a):
+                    cb = strip_expr(a[reg[1]])
+                    if cb.isidentifier() and cb not in ("NULL", "0"):
+                        regs.append((reg[0], cb, name, ln))
         # release mining: v = X(...); ... Y(v ...)
-        fa = _FIRSTARG.match(body, pos)
-        if fa is not None:
-            v = fa.group(1)
-            got = assigned.get(v)
-            if got is not None and got[0] != name and _RELEASE_RE.search(name):
-                pairs.add((got[0], name))
-            elif got is None and _ARG_ACQ.search(name) and not _RELEASE_RE.search(name):
-                assigned[v] = (name, ln)      # dev_hold(dev) ... dev_put(dev)
-                asg_calls.append(name)
-        j = m.start() - 1
-        while j > 0 and body[j] in " \t\n":
-            j -= 1
-        am = None
-        if j > 0 and body[j] == "=" and body[j - 1] not in "=!<>+-*/&|^%":
-            am = _ASSIGN_VAR.search(body, max(0, j - 60), j)
-        if am is not None:
-            var = am.group(1)
-            if var.isidentifier():
-                assigned[var] = (name, ln)
-                asg_calls.append(name)
-                # failure handling right after: if (var) { ... Y(arg0) ... }
-                args2, end = split_args(body, pos) if args is None else (args, None)
-                if end is None:
-                    end = split_args(body, pos)[1]
-                semi = body.find(";", end)
-                if semi >= 0 and args2:
-                    fi = _FAIL_IF.match(body, semi + 1)
-                    if fi is not None and fi.group(3) == var:
-                        root = _FIRSTARG.match(args2[0] + ")")
-                        if fi.group(4):         # if (ret) goto err;  err: ... release
-                            lab = re.search(r"\n\s*" + fi.group(4) + r"\s*:(?!:)", body)
-                            lo = lab.end() if lab else len(body)
-                            r_ = body.find("return", lo)
-                            hi = len(body) if r_ < 0 else r_
-                        else:
-                            lo, hi = fi.end(), _block_end(body, fi.end())
-                        inside = re.findall(r"([A-Za-z_]\w*)\s*\(\s*&?\s*\(?\s*(\w+)", body[lo:hi])
-                        rel = sorted({c for c, a0 in inside if root is not None and a0 == root.group(1)
-                                      and c != name and _RELEASE_RE.search(c)})
-                        fails.append((name, rel))
+        if k & (_K_REL | _K_ARGACQ) and assigned is not None:
+            fa = _FIRSTARG.match(body, pos)
+            if fa is not None:
+                v = fa.group(1)
+                got = assigned.get(v)
+                if got is not None:
+                    if got[0] != name and k & _K_REL:
+                        pairs.add((got[0], name))
+                elif k & _K_ARGACQ:
+                    assigned[v] = (name, ln)      # dev_hold(dev) ... dev_put(dev)
+                    asg_calls.append(name)
+        var = m.group(3)
+        if var is not None and var.isidentifier():
+            assigned[var] = (name, ln)
+            asg_calls.append(name)
+            # failure handling right after: if (var) { ... Y(arg0) ... } or goto label
+            semi = body.find(";", pos)
+            if semi < 0:
+                continue
+            fi = _FAIL_IF.match(body, semi + 1)
+            if fi is None or fi.group(3) != var:
+                continue
+            args2, end = split_args(body, pos)
+            if not args2:
+                continue
+            fi = _FAIL_IF.match(body, body.find(";", end) + 1)
+            if fi is None or fi.group(3) != var:
+                continue
+            root = _FIRSTARG.match(args2[0] + ")")
+            if fi.group(4):         # if (ret) goto err;  err: ... release
+                lab = re.search(r"\n\s*" + fi.group(4) + r"\s*:(?!:)", body)
+                lo = lab.end() if lab else len(body)
+                r_ = body.find("return", lo)
+                hi = len(body) if r_ < 0 else r_
+            else:
+                lo, hi = fi.end(), _block_end(body, fi.end())
+            inside = _CALL_ARG0.findall(body, lo, hi)
+            rel = sorted({c for c, a0 in inside if root is not None and a0 == root.group(1)
+                          and c != name and _RELEASE_RE.search(c)})
+            fails.append((name, rel))
     fn["asg"] = sorted(set(asg_calls))
     fn["pairs"] = sorted(pairs)
     fn["fail"] = fails
     return ev
+
+
+_CALL_ARG0 = re.compile(r"([A-Za-z_]\w*)\s*\(\s*&?\s*\(?\s*(\w+)")
 
 
 def _block_end(text: str, pos: int) -> int:
@@ -574,7 +612,7 @@ def extract(text: str, path: str) -> dict:
     """The facts of one file (JSON-ready)."""
     clean, pre = prepare(text)
     starts = [0]
-    starts.extend(m.end() for m in _NL.finditer(clean))
+    starts.extend(accumulate(len(x) + 1 for x in clean.split("\n")))
     funcs = []
     is_header = path.endswith(".h")
     for name, head, params_text, body_off, end_off, head_off in _functions(clean):
@@ -589,13 +627,13 @@ def extract(text: str, path: str) -> dict:
             flags |= 1
         if _INLINE.search(head):
             flags |= 2
-        if _STUB_BODY.match(_WS.sub(" ", body)):
+        if len(body) < 160 and _STUB_BODY.match(_WS.sub(" ", body)):
             flags |= 4
         if is_header:
             flags |= 8
         fn["f"] = flags
         fn["ev"] = body_events(body, 0, starts, body_off, params, types, fn)
-        frees = _FREE_ATTR.findall(body)
+        frees = _FREE_ATTR.findall(body) if "__free" in body else None
         if frees:
             fn["free"] = [(acq, rel) for rel, acq in frees]
         funcs.append(fn)
@@ -625,8 +663,8 @@ def extract(text: str, path: str) -> dict:
     top = []
     for m in re.finditer(r"^(DEFINE_TIMER|DECLARE_TASKLET(?:_OLD)?)\s*\(\s*\w+\s*,\s*(\w+)", clean, re.M):
         top.append(("softirq", m.group(2), m.group(1), bisect_right(starts, m.start())))
-    dfree = [(a, b) for a, b in _DEFINE_FREE.findall(text)]
-    dguard = [(a, b, c) for a, b, c in _DEFINE_GUARD.findall(text)]
+    dfree = [(a, b) for a, b in _DEFINE_FREE.findall(text)] if "DEFINE_FREE" in text else []
+    dguard = [(a, b, c) for a, b, c in _DEFINE_GUARD.findall(text)] if "DEFINE_GUARD" in text else []
     # the file's own lock wrappers, to a fixpoint within the file
     local = {}
     for _ in range(4):

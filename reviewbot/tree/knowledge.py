@@ -82,9 +82,20 @@ def _phase1(entries):
     return out
 
 
+_META_KEYS = ("n", "l", "e", "f", "seed", "reg", "asg", "pairs", "fail", "free")
+
+
 def _phase2(items):
-    """[(file no, path, compressed facts)] -> per file, per function walk results."""
-    return [(i, walk_file(path, json.loads(zlib.decompress(z)), _WRAP)) for i, path, z in items]
+    """[(file no, path, compressed facts)] -> [(file no, the file's facts
+    without events, per function walk results)]."""
+    out = []
+    for i, path, z in items:
+        ff = json.loads(zlib.decompress(z))
+        walked = walk_file(path, ff, _WRAP)
+        ff["funcs"] = [{k: fn.get(k) for k in _META_KEYS} for fn in ff["funcs"]]
+        ff.pop("wrap", None)
+        out.append((i, ff, walked))
+    return out
 
 
 def walk_file(path: str, ff: dict, wrappers: dict) -> list:
@@ -237,9 +248,8 @@ def _global(db, env, paths, blobs, wrappers, procs, progress=None):
     new_wrappers = {}
     call_rows = []
     for res in _run(procs, env, _phase2, chunks, wrappers):
-        for i, walked in res:
+        for i, ff, walked in res:
             path = paths[i][1]
-            ff = json.loads(zlib.decompress(blobs[paths[i][0]]))
             for fn, (calls, acq, order, w) in zip(ff["funcs"], walked):
                 me = fid
                 fid += 1
@@ -263,19 +273,19 @@ def _global(db, env, paths, blobs, wrappers, procs, progress=None):
                     seeds[me] = tuple(fn["seed"][0])
                 for r in fn["reg"]:
                     regs.append((r[0], r[1], r[2], r[3], me, path))
-                for x in fn.get("asg", ()):
+                for x in fn.get("asg") or ():
                     mined_asg[x] += 1
-                for x, y in fn.get("pairs", ()):
+                for x, y in fn.get("pairs") or ():
                     mined_pair[(x, y)] += 1
                 seen_fail = set()
-                for x, rel in fn.get("fail", ()):
+                for x, rel in fn.get("fail") or ():
                     if x in seen_fail:
                         continue
                     seen_fail.add(x)
                     fail_total[x] += 1
                     for y in rel:
                         fail_rel[(x, y)] += 1
-                for x, y in fn.get("free", ()):
+                for x, y in fn.get("free") or ():
                     frees[(x, y)] += 1
             for r in ff.get("top", ()):
                 regs.append((r[0], r[1], r[2], r[3], -1, path))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.lore import LoreServer, split_mbox
+from support.lore import LoreServer, message_id, split_mbox
 
 DATA = Path(__file__).resolve().parent / "data"
 SK_V1 = DATA / "lists" / "sk_lookup-v1.mbox"
@@ -588,3 +588,50 @@ def test_replay_in_parts_shuffled_and_killed_gives_the_outbox_of_one_run(lore_fa
     db = sqlite3.connect(r["watch"].state)
     assert db.execute("SELECT COUNT(*) FROM reviews WHERE state='intent'").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM mail").fetchone()[0] == 0     # mail kept only while pending
+
+
+def test_poll_reads_past_known_messages_when_the_server_order_is_rough(tmp_path):
+    """A search answer is only roughly newest first (an extindex's shards
+    interleave, a cross-posted message keeps its first number): a poll
+    reads the whole answer, so a new message behind 100 known ones is not
+    missed."""
+    import gzip
+    import http.server
+    import threading
+
+    from reviewbot.watch import watcher as wmod
+
+    msgs = split_mbox((DATA / "lists" / "dccp.mbox").read_bytes())[:101]
+    answer = {"msgs": msgs[:100]}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"".join(b"From mboxrd@z Thu Jan  1 00:00:00 1970\n" + m + b"\n" for m in answer["msgs"])
+            data = gzip.compress(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        opts = wmod.WatchOptions(lore_url=url, targets=wmod.make_targets(url, ["dccp"], [], {}),
+                                 state=str(tmp_path / "w.sqlite"), outbox=str(tmp_path / "out"), since="20190101")
+        w = wmod.Watcher(opts)
+        try:
+            t = opts.targets[0]
+            assert w.poll(t) == 100
+            answer["msgs"] = msgs[:100] + msgs[100:]     # the new one last
+            assert w.poll(t) == 1
+            assert w.state.seen_many("dccp", [message_id(msgs[100])])
+        finally:
+            w.close()
+    finally:
+        httpd.shutdown()

@@ -5,8 +5,8 @@ with rewritten Message-IDs (threads kept: In-Reply-To/References rewritten
 the same way) and dates shifted a day per copy, serves it with a real
 public-inbox-httpd on loopback, and times one poll of it (search, gzip
 stream, classification, SQLite), reviews excluded, in a child process whose
-peak RSS is reported.  Then times a second poll (nothing new: it stops
-after the first known messages).
+peak RSS is reported.  Then times a second poll (nothing new, but a poll
+reads the whole window: the server's order is only roughly by arrival).
 
     python bench/bench_watch.py [--messages 10000] [--cache DIR]
 

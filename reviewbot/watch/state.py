@@ -117,7 +117,7 @@ class SeriesRow:
         need = set(range(1, self.total + 1))
         # A cover is expected over several patches, and over a lone 1/1
         # that answers another message (the thread's root: its 0/1).
-        if self.total > 1 or (self.part1 is not None and self.key.rsplit("|", 2)[0] != self.part1):
+        if self.total > 1 or (self.part1 is not None and not self.key.startswith(self.part1 + "|")):
             need.add(0)
         return need <= self.parts
 

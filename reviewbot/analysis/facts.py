@@ -504,10 +504,9 @@ def simulate(ev: list, wrappers: dict, types: dict[str, str] | None = None, para
                 snap, guards = blocks.pop()
                 if e == "}T":
                     held[:] = snap
-                else:
-                    for g in guards:
-                        if g in held:
-                            held.remove(g)
+                for g in guards:
+                    if g in held:
+                        held.remove(g)
             continue
         op = e[0]
         if op == "c":
@@ -618,7 +617,7 @@ def extract(text: str, path: str) -> dict:
     for name, head, params_text, body_off, end_off, head_off in _functions(clean):
         body = clean[body_off:end_off]
         params = param_names(params_text)
-        types = declared_types(params_text)
+        types = declared_types(params_text + ")")
         types.update(declared_types(body))
         fn = {"n": name, "l": bisect_right(starts, head_off), "e": bisect_right(starts, end_off - 1),
               "reg": [], "seed": [], "p": params, "t": types}

@@ -39,7 +39,8 @@ from reviewbot.tree import dupindex as dx
 VERSION = 1
 MAX_BLOB = 3 * 1024 * 1024
 CHUNK = 200
-MAX_DELTA = 3000
+MAX_DELTA = 3000          # changed files a delta may hold (`reviewbot index`)
+REVIEW_MAX_DELTA = 300    # ... when made during a review (else: no knowledge)
 TRANS_DEPTH = 3
 TRANS_CAP = 120
 ATOMIC = set(S.ATOMIC_KINDS)
@@ -241,6 +242,7 @@ def _global(db, env, paths, blobs, wrappers, procs, progress=None):
     fail_rel = defaultdict(int)
     frees = defaultdict(int)
     dfree = []
+    dguard = []
     held_calls = []       # (fid, callee, line, held)
     callees_of: list = []  # fid -> {callee: line}
     acquires: dict[int, list] = {}
@@ -292,6 +294,7 @@ def _global(db, env, paths, blobs, wrappers, procs, progress=None):
             for st, var, line, members in ff.get("ops", ()):
                 ops.append((st, var, path, line, members))
             dfree.extend(ff.get("dfree", ()))
+            dguard.extend(ff.get("dguard", ()))
             if len(call_rows) > 200000:
                 db.executemany("INSERT INTO calls VALUES (?,?,?,?)", call_rows)
                 call_rows = []
@@ -457,6 +460,9 @@ def _global(db, env, paths, blobs, wrappers, procs, progress=None):
                     pair_rows.append((x, y, mined_pair.get((x, y), 0), mined_asg.get(x, 0), "naming"))
     for name, rel in dfree:
         pair_rows.append((f"__free({name})", rel, 0, 0, "DEFINE_FREE"))
+    for name, lock, unlock in dguard:
+        pair_rows.append((lock, unlock, 0, 0, "DEFINE_GUARD"))
+        pair_rows.append((f"guard({name})", unlock, 0, 0, "DEFINE_GUARD"))
     for (x, y), n in frees.items():
         pair_rows.append((x, f"__free({y})", n, mined_asg.get(x, n), "__free"))
     from reviewbot.analysis.rulekit import RELEASE_PAIRS
@@ -501,7 +507,7 @@ def _meta(conn) -> dict:
 
 
 def open_db(repo: str, commit: str = "HEAD", cache_dir=None, build_missing: bool = False, procs: int = 2,
-            progress=None) -> "Knowledge | None":
+            progress=None, max_delta: int = MAX_DELTA) -> "Knowledge | None":
     """The knowledge of COMMIT: the cached file of its tree; else a delta
     on the closest cached full base (built now); else a full build when
     BUILD_MISSING; else None."""
@@ -511,7 +517,7 @@ def open_db(repo: str, commit: str = "HEAD", cache_dir=None, build_missing: bool
     p = db_path(cache, tree)
     if p.exists():
         return Knowledge.load(p, cache)
-    base = _best_base(env, cache, commit)
+    base = _best_base(env, cache, commit, max_delta)
     if base is not None:
         return Knowledge.load(build_delta(env, cache, commit, tree, *base), cache)
     if not build_missing:
@@ -519,7 +525,7 @@ def open_db(repo: str, commit: str = "HEAD", cache_dir=None, build_missing: bool
     return Knowledge.load(build(repo, commit, cache, procs, progress), cache)
 
 
-def _best_base(env, cache: Path, commit: str):
+def _best_base(env, cache: Path, commit: str, max_delta: int = MAX_DELTA):
     best = None
     for p in sorted(cache.glob("knowledge-*.sqlite"), key=lambda x: x.stat().st_mtime, reverse=True)[:5]:
         try:
@@ -536,7 +542,7 @@ def _best_base(env, cache: Path, commit: str):
         if proc.returncode != 0:
             continue
         changes = [(b, pth) for b, pth in dx._parse_diff_tree(proc.stdout) if dx._indexable(pth)]
-        if len(changes) <= MAX_DELTA and (best is None or len(changes) < len(best[1])):
+        if len(changes) <= max_delta and (best is None or len(changes) < len(best[1])):
             best = (p, changes)
     return best
 
@@ -581,7 +587,7 @@ def for_tree(tree: str | None, base: str | None) -> "Knowledge | None":
     key = (tree, base, str(dx.default_cache_dir()))
     if key not in _LOADED:
         try:
-            _LOADED[key] = open_db(tree, base)
+            _LOADED[key] = open_db(tree, base, max_delta=REVIEW_MAX_DELTA)
         except (RuntimeError, OSError, ValueError, sqlite3.Error):
             _LOADED[key] = None
     return _LOADED[key]

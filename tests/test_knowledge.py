@@ -164,3 +164,22 @@ def test_scope_guards_hold_their_lock_to_the_end_of_the_scope():
     calls, _, _, _, _ = F.simulate(g["ev"], {}, g["t"], g["p"])
     held = {c: h for c, _, h in calls}
     assert held["baz"] == (("struct foo.slock", "spin"),) and held["qux"] == ()
+
+
+def test_for_context_lays_the_series_post_images_over_the_base(built, real, monkeypatch):
+    from types import SimpleNamespace as NS
+    tree, base, cache, _ = built
+    monkeypatch.setenv("REVIEWBOT_INDEX_DIR", str(cache))
+    kn._LOADED.clear()
+    post = real[TRKBALL].replace("\t\tmsleep(1);\n", "\t\tudelay(1);\n")
+    fv = NS(path=TRKBALL, post=post, diff=NS(is_c=True, is_deleted=False))
+    ctx = NS(tree_path=str(tree), base=base, files=[fv], all_patches=[])
+    ctx.all_patches.append(ctx)
+    v = kn.for_context(ctx)
+    assert v is not None and v.may_sleep("pxa930_trkball_config") is None
+    assert v.may_sleep("pxa930_trkball_probe")
+    # no index for this tree: no knowledge (rules fall back)
+    monkeypatch.setenv("REVIEWBOT_INDEX_DIR", str(cache.parent / "empty"))
+    kn._LOADED.clear()
+    assert kn.for_context(ctx) is None
+    kn._LOADED.clear()

@@ -263,15 +263,15 @@ class View:
             self._taken(callee, d["path"], depth - 1,
                         prefix + [f"{self._where(d)} calls {callee}() at line {ln}"], out, seen)
 
-    def held_by_callers(self, name: str) -> list[dict]:
+    def held_by_callers(self, name: str, limit: int = 500) -> list[dict]:
         """Call sites of NAME made with locks held: [{caller, path, line,
-        held: [(class, kind)]}]."""
+        held: [(class, kind)]}] (at most LIMIT from the base)."""
         out = []
-        for caller, line, held in self.db.execute(
-                "SELECT caller, line, held FROM calls WHERE callee=? AND held IS NOT NULL", (name,)):
-            row = self.db.execute("SELECT name, path FROM funcs WHERE id=?", (caller,)).fetchone()
-            if row and row[1] not in self.hidden:
-                out.append({"caller": row[0], "path": row[1], "line": line,
+        for caller, path, line, held in self.db.execute(
+                "SELECT f.name, f.path, c.line, c.held FROM calls c JOIN funcs f ON f.id = c.caller "
+                "WHERE c.callee=? AND c.held IS NOT NULL LIMIT ?", (name, limit)):
+            if path not in self.hidden:
+                out.append({"caller": caller, "path": path, "line": line,
                             "held": [tuple(h) for h in json.loads(held)]})
         for opath, ff in self.overlay.items():
             for fn in ff.get("funcs", ()):

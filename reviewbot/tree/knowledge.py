@@ -129,7 +129,7 @@ def db_path(cache: Path, tree: str) -> Path:
 SCHEMA = """
 CREATE TABLE meta(k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE files(path TEXT PRIMARY KEY, blob TEXT);
-CREATE TABLE blobs(blob TEXT PRIMARY KEY, facts BLOB);
+CREATE TABLE blobs(blob TEXT PRIMARY KEY, facts BLOB, wrap TEXT);
 CREATE TABLE funcs(id INTEGER PRIMARY KEY, name TEXT, path TEXT, line INT, end INT, flags INT, ncalls INT);
 CREATE TABLE calls(caller INT, callee TEXT, line INT, held TEXT);
 CREATE TABLE sleep(id INTEGER PRIMARY KEY, chain TEXT);
@@ -194,23 +194,34 @@ def build(repo: str, commit: str = "HEAD", cache_dir=None, procs: int = 2, progr
             seen.add(b)
             todo.append((b, p))
     blobs: dict[str, bytes] = {}
+    wraps: dict[str, str] = {}
     wrappers: dict = {}
+    # facts are keyed by blob: those of an earlier full base are reused
+    reused = _reuse_blobs(cache, {b for b, _ in todo})
+    for blob, (z, w) in reused.items():
+        blobs[blob] = z
+        wraps[blob] = w
+        for k, v in json.loads(w).items():
+            wrappers.setdefault(k, v)
+    todo = [(b, p) for b, p in todo if b not in reused]
     chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
     for res in _run(procs, env, _phase1, chunks):
         for blob, z, w in res:
             blobs[blob] = z
+            wraps[blob] = json.dumps(w)
             for k, v in w.items():
                 wrappers.setdefault(k, v)
     if progress:
-        progress(f"facts extracted in {time.perf_counter() - t0:.0f} s")
+        progress(f"facts extracted in {time.perf_counter() - t0:.0f} s ({len(todo)} blobs; "
+                 f"{len(reused)} reused from a cached base)")
     tmp = Path(tempfile.mkstemp(dir=cache, prefix=".knowledge-", suffix=".tmp")[1])
     try:
         db = sqlite3.connect(tmp)
         db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
         db.executemany("INSERT INTO files VALUES (?,?)", [(p, b) for b, p in paths])
-        db.executemany("INSERT INTO blobs VALUES (?,?)", blobs.items())
+        db.executemany("INSERT INTO blobs VALUES (?,?,?)", ((b, z, wraps[b]) for b, z in blobs.items()))
         _global(db, env, paths, blobs, wrappers, procs, progress)
-        meta = {"version": VERSION, "tree": tree, "commit": commit, "parent": "",
+        meta = {"version": VERSION, "facts": F.VERSION, "tree": tree, "commit": commit, "parent": "",
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
         db.executemany("INSERT INTO meta VALUES (?,?)", [(k, str(v)) for k, v in meta.items()])
         db.executescript(INDEXES)
@@ -222,6 +233,24 @@ def build(repo: str, commit: str = "HEAD", cache_dir=None, procs: int = 2, progr
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _reuse_blobs(cache: Path, wanted: set) -> dict:
+    """{blob: (compressed facts, wrappers json)} of WANTED blobs found in the
+    newest cached full base of this version."""
+    for p in sorted(cache.glob("knowledge-*.sqlite"), key=lambda x: x.stat().st_mtime, reverse=True):
+        try:
+            conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+            m = _meta(conn)
+            if m.get("version") != str(VERSION) or m.get("parent") or m.get("facts") != str(F.VERSION):
+                conn.close()
+                continue
+            got = {b: (z, w) for b, z, w in conn.execute("SELECT blob, facts, wrap FROM blobs") if b in wanted}
+            conn.close()
+            return got
+        except sqlite3.Error:
+            continue
+    return {}
 
 
 def _global(db, env, paths, blobs, wrappers, procs, progress=None):
@@ -555,7 +584,7 @@ def build_delta(env, cache: Path, commit: str, tree: str, base: Path, changes) -
         new = [(b, p) for b, p in changes if b is not None]
         for (b, p), (_, data) in zip(new, reader.read_many([b for b, _ in new])):
             f = extract_bytes(p, data or b"")
-            rows.append((b, zlib.compress(json.dumps(f, separators=(",", ":")).encode(), 1)))
+            rows.append((b, zlib.compress(json.dumps(f, separators=(",", ":")).encode(), 1), json.dumps(f["wrap"])))
     finally:
         reader.close()
     tmp = Path(tempfile.mkstemp(dir=cache, prefix=".knowledge-", suffix=".tmp")[1])
@@ -563,7 +592,7 @@ def build_delta(env, cache: Path, commit: str, tree: str, base: Path, changes) -
         db = sqlite3.connect(tmp)
         db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
         db.executemany("INSERT INTO files VALUES (?,?)", [(p, b or "") for b, p in changes])
-        db.executemany("INSERT INTO blobs VALUES (?,?)", rows)
+        db.executemany("INSERT INTO blobs VALUES (?,?,?)", rows)
         meta = {"version": VERSION, "tree": tree, "commit": commit, "parent": base.name}
         db.executemany("INSERT INTO meta VALUES (?,?)", [(k, str(v)) for k, v in meta.items()])
         db.commit()

@@ -183,3 +183,24 @@ def test_for_context_lays_the_series_post_images_over_the_base(built, real, monk
     kn._LOADED.clear()
     assert kn.for_context(ctx) is None
     kn._LOADED.clear()
+
+
+def test_overlay_changes_the_answer_of_a_base_caller_in_another_file(built):
+    _, _, _, v0 = built
+    # a stored chain that goes from one file into another (e.g. drivers/base
+    # into lib/kobject.c): emptying the second file in an overlay must
+    # change the first function's answer
+    found = None
+    for (chain,) in v0.db.execute("SELECT chain FROM sleep"):
+        steps = json.loads(chain)
+        paths = [re.search(r"\(([^\s:()]+):\d+\)", st).group(1) for st in steps]
+        if len(set(paths)) > 1:
+            found = steps, paths
+            break
+    assert found, "no cross-file chain in the test tree"
+    steps, paths = found
+    name = steps[0].split(" ", 1)[0]
+    other = next(p for p in paths if p != paths[0])
+    assert v0.may_sleep(name, paths[0]) == steps
+    got = v0.kb.view({other: ""}).may_sleep(name, paths[0])
+    assert got != steps and (got is None or all(f"({other}:" not in st for st in got))

@@ -73,6 +73,10 @@ def test_lock_order_in_one_function_and_through_a_callee(built):
     assert w[1].startswith("sock_map_update_common (net/core/sock_map.c:") and "raw_spin_lock_bh" in w[1]
     assert ("struct sock.sk_lock", "struct bpf_stab.lock") in {(a, b) for a, b, _ in
                                                               v.edges_to("struct bpf_stab.lock")}
+    # (through the wrapper sock_map_sk_acquire(): lock_sock(); rcu_read_lock())
+    assert ("a", "struct sock.sk_lock", "sock") in v.lock_wrapper("sock_map_sk_acquire")
+    held = {c: h for c, _, h in v.calls("sock_map_update_elem_sys")}
+    assert ("struct sock.sk_lock", "sock") in held["sock_map_update_common"]
     taken = {t["class"]: t for t in v.locks_taken("sock_map_update_elem_sys")}
     assert "struct bpf_stab.lock" in taken and len(taken["struct bpf_stab.lock"]["path"]) == 2
 

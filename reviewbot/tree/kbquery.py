@@ -293,6 +293,24 @@ class View:
             self._taken(callee, d["path"], depth - 1,
                         prefix + [f"{self._where(d)} calls {callee}() at line {ln}"], out, seen)
 
+    def calls(self, name: str, path: str | None = None) -> list[tuple[str, int, tuple]]:
+        """NAME's calls in order: (callee, line, locks held [(class, kind)])."""
+        d = self._def(name, path)
+        if d is None:
+            return []
+        if d["source"] == "base":
+            return [(c, ln, tuple(tuple(h) for h in json.loads(held)) if held else ())
+                    for c, ln, held in self.db.execute(
+                        "SELECT callee, line, held FROM calls WHERE caller=? ORDER BY rowid", (d["id"],))]
+        return [(c, ln, tuple(h)) for c, ln, h in self._simulate(d)[0]]
+
+    def lock_wrapper(self, name: str) -> list[tuple[str, str, str]] | None:
+        """What calling NAME does to the caller's locks, when it is a lock
+        wrapper: [('a' acquire | 'r' release, class or '@N[.member]'
+        template of its Nth argument, kind)]."""
+        got = self.wrappers.get(name)
+        return [tuple(x) for x in got] if got else None
+
     def held_by_callers(self, name: str, limit: int = 500) -> list[dict]:
         """Call sites of NAME made with locks held: [{caller, path, line,
         held: [(class, kind)]}] (at most LIMIT from the base)."""

@@ -158,6 +158,9 @@ class ReleaseRemoved(Rule):
                                      Location(fv.path, exit_line, "leaves without releasing")])
 
 
+_STRUCTURAL = re.compile(r"^\s*(?:\}?\s*else\b.*|if\s*\(.*\)\s*\{?|\{|\})\s*$")
+
+
 def _anchor(fv, old_no: int) -> int | None:
     """The post-image line the removed line OLD_NO sat before."""
     for h in fv.diff.hunks:
@@ -168,6 +171,9 @@ def _anchor(fv, old_no: int) -> int | None:
                 hit = True
                 continue
             if hit and ln.kind != "-" and ln.new_no:
+                if ln.kind == "+" and _STRUCTURAL.match(ln.text):
+                    last = ln.new_no
+                    continue        # a brace or a branch head: the path goes on below
                 return ln.new_no
             if ln.new_no:
                 last = ln.new_no
@@ -221,10 +227,9 @@ def _acquire_of(fn, res: str, fam) -> tuple[str, int, str] | None:
                 return c.name, c.line, "iterator"
             continue
         var = _assigned(c)
-        if var is not None:
-            if _derives(res, var):
-                return c.name, c.line, "value"
-        elif any(_norm(a) == res for a in c.args):
+        if var is not None and _derives(res, var):
+            return c.name, c.line, "value"
+        if any(_norm(a) == res for a in c.args):
             return c.name, c.line, "argument"
     return None
 
@@ -269,6 +274,33 @@ def _hands_on(node, res: str) -> bool:
     return False
 
 
+def _branches(stmt) -> list[list]:
+    """The statement lists nested directly in STMT: an if's branches, a
+    loop's body, a labeled statement's statement, a block's statements."""
+    if stmt.type == "compound_statement":
+        return [[c for c in stmt.named_children if c.type != "comment"]]
+    out = []
+    if stmt.type == "if_statement":
+        for field in ("consequence", "alternative"):
+            b = stmt.child_by_field_name(field)
+            if b is not None:
+                if b.type == "else_clause":
+                    b = next((c for c in b.named_children), None)
+                if b is not None:
+                    out.append(_as_list(b))
+    elif stmt.type in _LOOPS or stmt.type in ("labeled_statement", "case_statement", "switch_statement"):
+        for c in stmt.named_children:
+            if c.type in ("compound_statement",) or c.type.endswith("_statement"):
+                out.append(_as_list(c))
+    return out
+
+
+def _as_list(node) -> list:
+    if node.type == "compound_statement":
+        return [c for c in node.named_children if c.type != "comment"]
+    return [node]
+
+
 def _unreleased_exit(fn, anchor: int, res: str, fam, name: str, shown) -> int | None:
     """Follow the statements from ANCHOR to the function's exit; the exit's
     line when nothing on the way releases RES or hands it on, else None."""
@@ -281,26 +313,32 @@ def _unreleased_exit(fn, anchor: int, res: str, fam, name: str, shown) -> int | 
             lab = n.child_by_field_name("label")
             if lab is not None:
                 labels[cparse.node_text(lab)] = n
-    # the innermost block holding the anchor
-    block = body
-    while True:
+    # the chain of statement lists from the body down to the anchor
+    chain = []          # (list, index, holder statement)
+    cur, holder = _as_list(body), None
+    for _ in range(32):
+        idx = next((i for i, s in enumerate(cur) if cparse.end_line_of(s) >= anchor), None)
+        if idx is None:
+            chain.append((cur, len(cur), holder))
+            break
+        s = cur[idx]
         inner = None
-        for ch in block.named_children:
-            if cparse.line_of(ch) <= anchor <= cparse.end_line_of(ch):
-                inner = ch
-                break
-        if inner is None:
+        if cparse.line_of(s) < anchor or (s.type not in _EXIT_TYPES and s.type != "expression_statement"
+                                         and cparse.line_of(s) <= anchor < cparse.end_line_of(s)):
+            for br in _branches(s):
+                if br and cparse.line_of(br[0]) <= anchor <= cparse.end_line_of(br[-1]) + 1 and (
+                        cparse.line_of(br[0]) >= cparse.line_of(s)):
+                    inner = br
+                    break
+        chain.append((cur, idx, holder))
+        if inner is None or s.type in _LOOPS and False:
             break
-        sub = _block_of(inner, anchor)
-        if sub is None:
-            break
-        block = sub
-    node = block
-    start = anchor
+        cur, holder = inner, s
     seen_labels = set()
-    for _ in range(64):
-        for st in node.named_children:
-            if cparse.end_line_of(st) < start or st.type == "comment":
+    for level in range(len(chain) - 1, -1, -1):
+        lst, idx, holder = chain[level]
+        for st in lst[idx:]:
+            if st.type == "comment":
                 continue
             if shown is not None and any(i not in shown for i in range(cparse.line_of(st), cparse.end_line_of(st) + 1)):
                 return None
@@ -326,19 +364,10 @@ def _unreleased_exit(fn, anchor: int, res: str, fam, name: str, shown) -> int | 
             if ex.type == "return_statement":
                 return cparse.line_of(ex)
             return None        # break/continue: where the loop goes next is not followed
-        # fell off the end of this block: continue after its statement
-        if node == body:
-            return fn.end
-        child, parent = node, node.parent
-        while parent is not None and parent.type != "compound_statement":
-            if parent.type in _LOOPS:
-                return None    # the loop goes round again
-            child, parent = parent, parent.parent
-        if parent is None:
-            return None
-        start = cparse.end_line_of(child) + 1
-        node = parent
-    return None
+        # fell off the end of this list: on after the statement holding it
+        if holder is not None and holder.type in _LOOPS:
+            return None        # the loop goes round again
+    return fn.end
 
 
 def _block_of(stmt, line: int):

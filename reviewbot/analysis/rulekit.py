@@ -167,6 +167,9 @@ def _release_candidates(acquire: str) -> tuple[tuple[str, ...] | None, tuple[str
         return RELEASE_PAIRS["pm_runtime_get"], ()
     if acquire in RELEASE_PAIRS:
         return RELEASE_PAIRS[acquire], ()
+    known = _releases_by_acquire().get(acquire)
+    if known:
+        return known, ()
     cands: list[str] = []
     if acquire.startswith("register_"):
         cands = ["unregister_" + acquire[len("register_"):]]
@@ -349,3 +352,20 @@ def acquires_of(release: str) -> frozenset[str]:
         if mid in release:
             derived.update(release.replace(mid, a, 1) for a in acqs)
     return known | frozenset(derived)
+
+
+@functools.lru_cache(maxsize=1)
+def _releases_by_acquire() -> dict[str, tuple[str, ...]]:
+    """The table above read the other way (acquire -> its releases), for
+    the acquires RELEASE_PAIRS does not list; iterators and work/timer
+    set-up are not acquires of a value."""
+    out: dict[str, list[str]] = {}
+    for rel, acqs in _acquires_by_release().items():
+        for a in acqs:
+            if a in RELEASE_PAIRS or a in ITERATOR_PUTS or a.isupper() or a in (
+                    "queue_work", "schedule_work", "queue_delayed_work", "schedule_delayed_work",
+                    "mod_timer", "add_timer", "device_add", "device_initialize", "skb_dequeue",
+                    "skb_dequeue_tail", "__skb_dequeue", "kobject_init"):
+                continue
+            out.setdefault(a, []).append(rel)
+    return {a: tuple(sorted(set(r))) for a, r in out.items()}

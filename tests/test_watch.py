@@ -166,10 +166,11 @@ def reference_run(srv, msgs: list[bytes], tmp: Path) -> tuple[dict[str, dict], i
 
 
 def replay(srv, parts: list[list[bytes]], tmp: Path, rng: random.Random, kill_p: float = 0.5,
-           pass_seconds: float = 10.0) -> dict:
+           kill_within: tuple[float, float] = (0.5, 6.0)) -> dict:
     """Feed *parts* one after the other to inbox 'dccp' of the running
     server *srv*; after each, a `reviewbot watch --once` that is SIGKILLed
-    at a random moment with probability *kill_p* (within *pass_seconds*).
+    with probability *kill_p* at a random moment *kill_within* seconds
+    after it started (if it is still running: start, poll or reviews).
     Once all mail is in, the grace period passes (--grace 0), again with a
     run killed first.  Returns the watcher, the outbox and what went wrong
     on the way (a file written twice, a traceback)."""
@@ -183,7 +184,7 @@ def replay(srv, parts: list[list[bytes]], tmp: Path, rng: random.Random, kill_p:
                                 stderr=subprocess.PIPE, text=True)
         if kill:
             try:
-                proc.wait(timeout=rng.uniform(0.2, pass_seconds))
+                proc.wait(timeout=rng.uniform(*kill_within))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
@@ -201,7 +202,7 @@ def replay(srv, parts: list[list[bytes]], tmp: Path, rng: random.Random, kill_p:
         one_run("6", rng.random() < kill_p)
     one_run("0", True)
     one_run("0", False)
-    return {"watch": w, "reviews": w.reviews(), "kills": kills, "problems": problems}
+    return {"watch": w, "reviews": w.reviews(), "kills": kills, "runs": len(parts) + 2, "problems": problems}
 
 
 def compare(ref: dict[str, dict], series: int, got: dict[str, dict]) -> dict:
@@ -555,11 +556,9 @@ def test_replay_in_parts_shuffled_and_killed_gives_the_outbox_of_one_run(lore_fa
     bench/replay_watch.py.)"""
     msgs = archive_mail(REPLAY_WINDOWS)
     rng = random.Random(int(os.environ.get("REVIEWBOT_KILL_SEED", "1234")))
-    t0 = time.monotonic()
     ref, series = reference_run(lore_factory(), msgs, tmp_path / "ref")
-    whole = time.monotonic() - t0
     r = replay(lore_factory(), split_parts(msgs, 3, True, rng), tmp_path / "replay", rng, kill_p=1.0,
-               pass_seconds=max(1.0, whole / 3))
+               kill_within=(0.5, 4.0))
     assert not r["problems"], r["problems"]
     c = compare(ref, series, r["reviews"])
     assert (c["duplicates"], c["lost"], c["extra"], c["missing"], c["differ"]) == (0, 0, [], [], []), c

@@ -239,7 +239,9 @@ class State:
                                  (it.series_key, it.index, it.msgid))
                 if not got.rowcount:
                     continue
-                if it.raw is not None:
+                if it.raw is not None and db.execute("SELECT state FROM series WHERE key=?",
+                                                     (it.series_key,)).fetchone()[0] == "pending":
+                    # (a part arriving after its series' review changes nothing)
                     db.execute("INSERT OR REPLACE INTO mail (msgid, raw) VALUES (?, ?)",
                                (it.msgid, zlib.compress(it.raw, 6)))
                 # a cover saying 0/5 over patches saying 1/4: the series

@@ -18,7 +18,7 @@ def register(cli: click.Group) -> None:
     @click.option("--tree", type=click.Path(file_okay=False, exists=True), default=".",
                   help="Kernel git tree (only read; default: the current directory).")
     @click.option("--rev", default="HEAD", help="Commit whose knowledge to read (default HEAD).")
-    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", help="Output format.")
     def facts_cmd(name, tree, rev, fmt):
         """Print what the knowledge base knows about function NAME."""
         from reviewbot.tree import knowledge

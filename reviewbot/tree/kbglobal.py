@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
+from array import array
 from collections import defaultdict
 
 from reviewbot.analysis import facts as F
@@ -40,7 +42,12 @@ def run_global(db, env, paths, blobs, wrappers, procs, progress=None):
     dfree = []
     dguard = []
     held_calls = []       # (fid, callee, line, held)
-    callees_of: list = []  # fid -> {callee: line}
+    # each function's distinct callees, flat: cs_callee[cs_start[f]:cs_start[f + 1]]
+    cs_start = array("l", [0])
+    cs_callee: list[str] = []
+    cs_line = array("l")
+    hcache: dict = {}     # held tuple -> (the one kept, its JSON)
+    intern = sys.intern
     acquires: dict[int, list] = {}
     direct_edges = {}
     new_wrappers = {}
@@ -51,16 +58,23 @@ def run_global(db, env, paths, blobs, wrappers, procs, progress=None):
             for fn, (calls, acq, order, w) in zip(ff["funcs"], walked):
                 me = fid
                 fid += 1
-                funcs.append((me, fn["n"], path, fn["l"], fn["e"], fn["f"], len(calls)))
-                cl = {}
+                funcs.append((me, intern(fn["n"]), path, fn["l"], fn["e"], fn["f"], len(calls)))
+                seen = set()
                 for callee, line, held in calls:
-                    cl.setdefault(callee, line)
+                    callee = intern(callee)
+                    if callee not in seen:
+                        seen.add(callee)
+                        cs_callee.append(callee)
+                        cs_line.append(line)
                     if held:
-                        held_calls.append((me, callee, line, held))
-                        call_rows.append((me, callee, line, json.dumps(held, separators=(",", ":"))))
+                        got = hcache.get(held)
+                        if got is None:
+                            got = hcache[held] = (held, json.dumps(held, separators=(",", ":")))
+                        held_calls.append((me, callee, line, got[0]))
+                        call_rows.append((me, callee, line, got[1]))
                     else:
                         call_rows.append((me, callee, line, None))
-                callees_of.append(cl)
+                cs_start.append(len(cs_callee))
                 if acq:
                     acquires[me] = acq
                 for a, b, line, via in order:
@@ -110,13 +124,32 @@ def run_global(db, env, paths, blobs, wrappers, procs, progress=None):
     db.executemany("INSERT INTO taken VALUES (?,?,?,?,?)",
                    [(me, c, k, ln, via) for me, acq in acquires.items() for c, k, ln, via in acq if c])
     # -- may-sleep: backward search from the seeds
-    callers = defaultdict(list)
-    for me, cl in enumerate(callees_of):
+    # call graph: the resolved target of each distinct callee, and the
+    # callers of each function (numpy CSR, lean on memory)
+    import numpy as np
+    n = len(funcs)
+    dst = np.full(len(cs_callee), -1, dtype=np.int64)
+    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(np.frombuffer(cs_start, dtype=np.int64)))
+    resolve = res.resolve
+    for me in range(n):
         p = path_of[me]
-        for callee, line in cl.items():
-            t = res.resolve(callee, p)
+        for j in range(cs_start[me], cs_start[me + 1]):
+            t = resolve(cs_callee[j], p)
             if t is not None and t != me:
-                callers[t].append((me, line))
+                dst[j] = t
+    ok = np.flatnonzero(dst >= 0)
+    order = ok[np.argsort(dst[ok], kind="stable")]
+    by_dst_src = src[order]
+    by_dst_line = np.frombuffer(cs_line, dtype=np.int64)[order]
+    dst_start = np.searchsorted(dst[order], np.arange(n + 1))
+    del src, ok, order
+
+    class _Callers:
+        def get(self, t, default=()):
+            a, b = int(dst_start[t]), int(dst_start[t + 1])
+            return list(zip(by_dst_src[a:b].tolist(), by_dst_line[a:b].tolist()))
+
+    callers = _Callers()
     parent: dict[int, tuple] = {}
     frontier = list(seeds)
     for s in frontier:
@@ -161,12 +194,13 @@ def run_global(db, env, paths, blobs, wrappers, procs, progress=None):
             if c and k not in ("rcu", "irq", "bh", "preempt") and not c.startswith("@"):
                 out.setdefault(c, [f"{name_of[me]} ({path_of[me]}:{ln}) takes it with {via}()"])
         if depth > 0:
-            for callee, line in callees_of[me].items():
+            for j in range(cs_start[me], cs_start[me + 1]):
                 if len(out) >= TRANS_CAP:
                     break
-                t = res.resolve(callee, path_of[me])
-                if t is None or t == me:
+                t = int(dst[j])
+                if t < 0:
                     continue
+                callee, line = cs_callee[j], cs_line[j]
                 for c, wit in trans(t, depth - 1).items():
                     if c not in out:
                         out[c] = [f"{name_of[me]} ({path_of[me]}:{line}) calls {callee}()"] + wit
@@ -214,7 +248,7 @@ def run_global(db, env, paths, blobs, wrappers, procs, progress=None):
         if t is not None:
             sites[t].append((me, line, held))
     for t, lst in sites.items():
-        ncallers = len(callers.get(t, ()))
+        ncallers = len({c for c, _ in callers.get(t)})
         if ncallers < 2:
             continue
         locked_callers = {me for me, _, _ in lst}
@@ -238,8 +272,7 @@ def run_global(db, env, paths, blobs, wrappers, procs, progress=None):
     db.executemany("INSERT INTO ctx VALUES (?,?,?,?)", ctx_rows)
     # -- release pairs
     names = set(name_of)
-    for cl in callees_of:
-        names.update(cl)
+    names.update(cs_callee)
     pair_rows = []
     for (x, y), n in mined_pair.items():
         if n >= 2:

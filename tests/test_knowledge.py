@@ -88,6 +88,9 @@ def test_get_put_pair_mined_with_high_support(built):
     assert best[0] == "bus_put" and best[3] == "mined"
     assert best[1] >= 5 and best[1] / best[2] >= 0.8
     assert v.release_for("get_device")[0][0] == "put_device"
+    from reviewbot.analysis.rulekit import release_names_known
+    assert release_names_known("bus_get", v) == ("bus_put",)
+    assert release_names_known("get_device") == ("put_device",)     # the hand-written table
     # callers of kobject_init_and_add()/kobject_add() put the kobject when it fails
     fails = v.release_on_failure("kobject_add")
     assert fails and fails[0][0] == "kobject_put"
@@ -208,3 +211,25 @@ def test_overlay_changes_the_answer_of_a_base_caller_in_another_file(built):
     assert v0.may_sleep(name, paths[0]) == steps
     got = v0.kb.view({other: ""}).may_sleep(name, paths[0])
     assert got != steps and (got is None or all(f"({other}:" not in st for st in got))
+
+
+@pytest.mark.slow
+def test_full_tree_knowledge_when_built():
+    """On the whole 6.1 tree, when `reviewbot index` has built its knowledge
+    (skipped at once otherwise: building it takes minutes)."""
+    tree = ktree.cache_root() / "linux-6.1-git"
+    if not (tree / ".git" / "reviewbot-base").exists():
+        pytest.skip("no full 6.1 tree")
+    kb = kn.open_db(str(tree), "HEAD", max_delta=0)
+    if kb is None or kb.meta.get("parent"):
+        pytest.skip("no knowledge base of the full tree in the cache (reviewbot index --tree ...)")
+    v = kb.view()
+    chain = v.may_sleep("rtnl_lock")
+    assert chain and "mutex_lock" in chain[-1]
+    assert "hardirq" in [c for c, _ in v.contexts("e1000_intr_msi", "drivers/net/ethernet/intel/e1000e/netdev.c")]
+    assert any(c == "rtnl" for c, _ in v.contexts("e1000e_open"))
+    assert v.release_for("of_node_get")[0][0] == "of_node_put"
+    assert "kobject_put" in [r[0] for r in v.release_on_failure("kobject_init_and_add")]
+    defs = v.definitions("debugfs_create_dir")
+    assert defs[0]["path"] == "fs/debugfs/inode.c" and any(d["stub"] or d["header"] for d in defs[1:])
+    assert v.edges_from("rtnl_mutex")

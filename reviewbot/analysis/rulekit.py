@@ -369,3 +369,20 @@ def _releases_by_acquire() -> dict[str, tuple[str, ...]]:
                 continue
             out.setdefault(a, []).append(rel)
     return {a: tuple(sorted(set(r))) for a, r in out.items()}
+
+
+def release_names_known(acquire: str, knowledge=None, min_support: int = 3,
+                        min_ratio: float = 0.5) -> tuple[str, ...]:
+    """The hand-written releases of ACQUIRE (release_names()), then those the
+    tree knowledge base (ctx.knowledge, reviewbot.tree.kbquery.View) mined
+    from the tree's callers with enough support, and its DEFINE_FREE /
+    DEFINE_GUARD / __free pairs."""
+    out = list(release_names(acquire))
+    if knowledge is not None:
+        for rel, support, total, source in knowledge.release_for(acquire):
+            if rel in out:
+                continue
+            if source in ("DEFINE_FREE", "DEFINE_GUARD", "__free") or (
+                    support >= min_support and total and support / total >= min_ratio):
+                out.append(rel)
+    return tuple(out)

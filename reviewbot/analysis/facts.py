@@ -539,7 +539,7 @@ def simulate(ev: list, wrappers: dict, types: dict[str, str] | None = None, para
     return calls, acq, order, exits, unmatched
 
 
-RELEASE_NAME = re.compile(r"unlock|release|put|_end|exit|leave|_up|drop|done|finish|_out")
+RELEASE_NAME = re.compile(r"(^|_)(unlock|release|put|end|exit|leave|up|drop|done|finish|out)($|_)")
 
 
 def wrapper_ops(name, acq, exits, unmatched) -> list:

@@ -85,10 +85,11 @@ class LockImbalance(Rule):
             val = lf.return_value(fl, ex.line)
             path = f"the 'return {val}' path" if val else "the path that returns here"
         taken = "the wrapper " + h.call + "()" if h.how.startswith("wrap:") else h.call + "()"
-        if h.key == "rcu":
+        if h.key in lf.RCU_KEYS:
+            unlock = h.call.replace("_lock", "_unlock", 1) if "_lock" in h.call else "rcu_read_unlock"
             msg = (f"{fn.name}() enters an RCU read-side section with {taken}, but {path} "
                    f"leaves the function without the matching unlock. Is an "
-                   f"rcu_read_unlock() missing there?")
+                   f"{unlock}() missing there?")
         else:
             msg = (f"{fn.name}() takes {lf.display(h)} with {taken}, but {path} leaves the "
                    f"function with it still held, while the other paths release it. "

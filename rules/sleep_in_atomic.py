@@ -75,7 +75,7 @@ class SleepInAtomic(Rule):
                 if summ is None or not summ.sleeps or c.name == name:
                     continue
                 why, via = f"{c.name}() (which calls {summ.sleeps})", summ
-            held = [h for h in lf.must_held(c.states) if h.kind in lf.ATOMIC_KINDS]
+            held = [h for h in lf.must_held(c.states) if h.kind in lf.ATOMIC_KINDS and h.key != "srcu"]
             if not held:
                 continue
             h = max(held, key=lambda h: h.line)
@@ -138,7 +138,7 @@ def _atomic_calls(info, fl, start: int) -> tuple:
     calls of a flow made in atomic context, lines relative to `start`."""
     out = []
     for c in fl.calls if fl is not None else []:
-        held = [h for h in lf.must_held(c.states) if h.kind in lf.ATOMIC_KINDS]
+        held = [h for h in lf.must_held(c.states) if h.kind in lf.ATOMIC_KINDS and h.key != "srcu"]
         if not held:
             continue
         h = max(held, key=lambda h: h.line)
@@ -149,13 +149,13 @@ def _atomic_calls(info, fl, start: int) -> tuple:
 def _advice(why: str, h) -> str:
     if "GFP_" in why:
         return "Should this allocation use GFP_ATOMIC (or GFP_NOWAIT), or happen before the lock is taken?"
-    if h.key == "rcu":
+    if h.key in lf.RCU_KEYS:
         return "Can this move out of the RCU read-side section?"
     return "Can this move out of the locked section?"
 
 
 def _message(fname: str, why: str, h) -> str:
-    if h.key == "rcu":
+    if h.key in lf.RCU_KEYS:
         where = f"inside the RCU read-side section that {h.call}() opens"
     elif h.key in lf.PSEUDO:
         where = f"with {lf.display(h)} (by {h.call}())"

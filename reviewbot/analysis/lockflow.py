@@ -90,8 +90,42 @@ ZEROLOCK = {
     "down_read_interruptible": "rwsem", "down_read_killable": "rwsem",
     "down_write_killable": "rwsem",
 }
+# well-known lock wrappers: a global lock by name, or the lock of the object
+# the argument names (by the wrapper's name and the argument's class)
+ACQUIRE.update({
+    "rtnl_lock": "mutex", "rtnl_lock_killable": "mutex", "cpus_read_lock": "rwsem",
+    "cpus_write_lock": "rwsem", "console_lock": "mutex", "hci_dev_lock": "mutex",
+    "inode_lock": "rwsem", "inode_lock_shared": "rwsem", "inode_lock_nested": "rwsem",
+    "mmap_read_lock": "rwsem", "mmap_write_lock": "rwsem", "lock_page": "mutex", "folio_lock": "mutex",
+    "filemap_invalidate_lock": "rwsem", "filemap_invalidate_lock_shared": "rwsem",
+    "device_lock": "mutex", "netif_tx_lock": "spin", "netif_tx_lock_bh": "spin",
+    "netif_addr_lock_bh": "spin", "xa_lock": "spin", "xa_lock_bh": "spin", "xa_lock_irq": "spin",
+    "xa_lock_irqsave": "spin", "sb_start_write": "rwsem", "lock_buffer": "mutex",
+    "mt_lock": "mutex",
+})
+RELEASE.update({
+    "rtnl_unlock": "mutex", "cpus_read_unlock": "rwsem", "cpus_write_unlock": "rwsem",
+    "console_unlock": "mutex", "hci_dev_unlock": "mutex", "inode_unlock": "rwsem",
+    "inode_unlock_shared": "rwsem", "mmap_read_unlock": "rwsem", "mmap_write_unlock": "rwsem",
+    "unlock_page": "mutex", "folio_unlock": "mutex", "filemap_invalidate_unlock": "rwsem",
+    "filemap_invalidate_unlock_shared": "rwsem", "device_unlock": "mutex", "netif_tx_unlock": "spin",
+    "netif_tx_unlock_bh": "spin", "netif_addr_unlock_bh": "spin", "xa_unlock": "spin",
+    "xa_unlock_bh": "spin", "xa_unlock_irq": "spin", "xa_unlock_irqrestore": "spin",
+    "sb_end_write": "rwsem", "unlock_buffer": "mutex", "mt_unlock": "mutex",
+})
+# wrappers whose lock is one global, whatever the arguments
+GLOBAL_KEY = {"rtnl_lock": "rtnl_mutex", "rtnl_lock_killable": "rtnl_mutex", "rtnl_unlock": "rtnl_mutex",
+              "cpus_read_lock": "cpu_hotplug_lock", "cpus_read_unlock": "cpu_hotplug_lock",
+              "cpus_write_lock": "cpu_hotplug_lock", "cpus_write_unlock": "cpu_hotplug_lock",
+              "console_lock": "console_sem", "console_unlock": "console_sem"}
+# wrappers named after what they lock: the key is the wrapper's (acquire) name
+# and the argument's class
+_WRAP_NAMES = {"hci_dev", "inode", "inode_shared", "mmap_read", "mmap_write", "page", "folio",
+               "filemap_invalidate", "filemap_invalidate_shared", "device", "netif_tx", "netif_tx_bh",
+               "netif_addr_bh", "buffer", "mt", "sb_write"}
 NOARG_KEY = {"rcu": "rcu", "irq": "irq", "bh": "bh", "preempt": "preempt"}
-PSEUDO = {"rcu", "irq", "bh", "preempt"}
+RCU_KEYS = {"rcu", "rcu_bh", "rcu_sched", "srcu"}
+PSEUDO = {"irq", "bh", "preempt"} | RCU_KEYS
 # kinds in which sleeping is a bug
 ATOMIC_KINDS = {"spin", "rcu", "irq", "bh", "preempt"}
 GENERIC_FIELDS = {"lock", "mutex", "mtx", "sem", "rwsem", "spinlock", "slock", "rwlock",
@@ -185,6 +219,18 @@ def lock_base(expr: str) -> str:
 
 def key_of_call(name: str, kind: str, args: tuple[str, ...], types: dict[str, str]) -> tuple[str, str]:
     """(key, expr) of the lock an acquire/release call names."""
+    if name in GLOBAL_KEY:
+        return GLOBAL_KEY[name], GLOBAL_KEY[name]
+    if _wrap_stem(name) in _WRAP_NAMES:
+        arg = _strip(args[0]) if args else ""
+        base = re.sub(r"\s+", "", arg)
+        cls = types.get(base, "") if re.match(r"^\w+$", base) else lock_key(arg, types).lstrip("?")
+        return f"{_wrap_stem(name)}({cls or base})", arg or name
+    if kind == "rcu":
+        # flavours are separate read-side sections: rcu_read_lock_bh() is not
+        # ended by rcu_read_unlock()
+        return ("srcu" if name.startswith("srcu") else "rcu_bh" if "_bh" in name
+                else "rcu_sched" if "_sched" in name else "rcu"), name
     if kind in NOARG_KEY:
         return NOARG_KEY[kind], name
     if not args:
@@ -196,10 +242,38 @@ def key_of_call(name: str, kind: str, args: tuple[str, ...], types: dict[str, st
     return lock_key(args[0], types), _strip(args[0])
 
 
+def _wrap_stem(name: str) -> str:
+    """The lock a wrapper is named for: inode_lock / inode_unlock -> inode,
+    lock_page / unlock_page -> page, sb_start_write / sb_end_write -> sb_write."""
+    if name in ("sb_start_write", "sb_end_write"):
+        return "sb_write"
+    parts = [p for p in name.split("_") if p not in ("lock", "unlock", "nested")]
+    return "_".join(parts)
+
+
+def paired_wrapper(name: str, fn_calls) -> tuple[str, str] | None:
+    """("acquire" | "release", acquire name) for a call named like a lock
+    wrapper (X_lock / X_unlock, lock_X / unlock_X) whose other half the
+    same function also calls: the kernel's naming convention, taken as a
+    lock of its own class (local to the function)."""
+    toks = name.split("_")
+    if "lock" in toks and not any(t in toks for t in ("init", "is", "held", "assert", "class", "key")):
+        other = "_".join("unlock" if t == "lock" else t for t in toks)
+        if other in fn_calls:
+            return "acquire", name
+    if "unlock" in toks:
+        other = "_".join("lock" if t == "unlock" else t for t in toks)
+        if other in fn_calls:
+            return "release", other
+    return None
+
+
 def display(h: Held) -> str:
     if h.key in PSEUDO:
-        return {"rcu": "the RCU read lock", "irq": "interrupts disabled",
-                "bh": "bottom halves disabled", "preempt": "preemption disabled"}[h.key]
+        return {"rcu": "the RCU read lock", "rcu_bh": "the RCU-bh read lock",
+                "rcu_sched": "the RCU-sched read lock", "srcu": "the SRCU read lock",
+                "irq": "interrupts disabled", "bh": "bottom halves disabled",
+                "preempt": "preemption disabled"}[h.key]
     if re.match(r"^\w+$", h.expr) and h.kind != "sock":
         return f"the lock '{h.expr}'"
     return h.expr
@@ -397,6 +471,16 @@ class Walker:
                 for h in s:
                     if h.expr in passed and h.key not in PSEUDO and h.kind != "sock":
                         self.flow.uncertain.add(h.key)
+        if name not in self.summaries and name not in TRYLOCK and name not in ZEROLOCK:
+            pair = paired_wrapper(name, self.fn.call_names)
+            if pair is not None:
+                key = "?" + pair[1] + "(" + (re.sub(r"\s+", "", _strip(args[0])) if args else "") + ")"
+                if pair[0] == "release":
+                    self.flow.released.add(key)
+                    return self._remove(states, key)
+                h = Held(key, "wrap", line, _strip(args[0]) if args else name, name)
+                self.flow.acquires.append((h, states))
+                return self._add(states, h)
         summ = self.summaries.get(name)
         if summ is not None and summ.name != self.fn.name:
             subst = dict(zip(summ.params, args))
@@ -725,7 +809,7 @@ def _base_summary(f: cparse.Function) -> Summary:
 def _own_summary(f: cparse.Function) -> Summary:
     start = f.start
     names = f.call_names
-    if names.isdisjoint(_LOCKISH) and (b"GFP_" not in (f.node.text or b"")
+    if names.isdisjoint(_LOCKISH) and not _has_paired_wrapper(names) and (b"GFP_" not in (f.node.text or b"")
                                        and not any(sleeping_call(n, ()) for n in names)):
         # nothing the walk below would record (no sleeping call either:
         # that needs a sleeping name or a GFP_ flag): skip it, and the
@@ -794,7 +878,7 @@ def _may_lock(info: "ImageInfo", name: str) -> bool:
     f = info.byname.get(name)
     if f is None:
         return False
-    if not f.call_names.isdisjoint(_LOCKISH):
+    if not f.call_names.isdisjoint(_LOCKISH) or _has_paired_wrapper(f.call_names):
         return True
     by = info.summaries.by
     for c in f.call_names:
@@ -804,6 +888,10 @@ def _may_lock(info: "ImageInfo", name: str) -> bool:
         if _base_summary(g).acquires:
             return True
     return False
+
+
+def _has_paired_wrapper(names) -> bool:
+    return any("lock" in n and paired_wrapper(n, names) for n in names)
 
 
 # Call names that make a function's own summary non-empty (with

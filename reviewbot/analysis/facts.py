@@ -456,6 +456,9 @@ def _block_end(text: str, pos: int) -> int:
 
 # -- simulation -------------------------------------------------------------------
 
+_PSEUDO_KINDS = ("rcu", "irq", "bh", "preempt")
+
+
 def simulate(ev: list, wrappers: dict, types: dict[str, str] | None = None, params: list[str] | None = None):
     """Walk EV.  WRAPPERS: name -> [(op 'a'|'r', class template, kind)].
     Returns (calls [(callee, line, held)], acquires [(class, kind, line, via)],
@@ -475,10 +478,10 @@ def simulate(ev: list, wrappers: dict, types: dict[str, str] | None = None, para
     def take(cls, kind, line, via):
         if cls is None:
             return
-        for h in held:
-            if h[0] != cls and h[1] not in ("rcu", "irq", "bh", "preempt") \
-                    and not cls.startswith("@") and not h[0].startswith("@"):
-                order.append((h[0], cls, line, via))
+        if kind not in _PSEUDO_KINDS and not cls.startswith("@"):
+            for h in held:
+                if h[0] != cls and h[1] not in _PSEUDO_KINDS and not h[0].startswith("@"):
+                    order.append((h[0], cls, line, via))
         held.append((cls, kind, line, via))
         acq.append((cls, kind, line, via))
 

@@ -396,7 +396,7 @@ class View:
         out = []
         for d in self.definitions(name):
             taken = self.locks_taken(name, d["path"])
-            classes = [t["class"] for t in taken]
+            classes = [t["class"] for t in taken if t["kind"] not in PSEUDO]
             out.append({
                 "name": name, "path": d["path"], "line": d["line"], "end": d["end"],
                 "kind": ("macro" if d["macro"] else "stub" if d["stub"] else

@@ -72,6 +72,8 @@ class LockImbalance(Rule):
                 for h, ex, via in sorted(got, key=lambda t: (t[2] or t[1].line, t[0].line)):
                     if (h.key, fv.old_line(via or ex.line)) in old or h.key in seen:
                         continue
+                    if ex.line in post.synth and not via:
+                        continue        # the end of a function rebuilt from hunks: not a real exit
                     seen.add(h.key)
                     yield self._finding(fv, fn, h, ex, via, added)
 
@@ -97,7 +99,13 @@ class LockImbalance(Rule):
         related = [Location(fv.path, h.line, f"{lf.display(h)} taken here")]
         if via and ex.line != via:
             related.append(Location(fv.path, ex.line, "the function returns here"))
-        conf = "high" if line in added and h.stable else "medium"
+        info = lf.image(fv, "post")
+        if info.shown is not None:
+            # from the hunks alone: medium when the lines from the lock to
+            # the exit are all shown, low when a gap lies between
+            conf = "medium" if info.decided(h.line, via or ex.line) else "low"
+        else:
+            conf = "high" if line in added and h.stable else "medium"
         return self.finding(fv.path, line, msg, related=related, confidence=conf)
 
 

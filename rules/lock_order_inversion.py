@@ -192,6 +192,9 @@ class LockOrderInversion(Rule):
             # a callee takes the lock only under a condition (often a flag
             # that exists to avoid exactly this order): keep it out of mail
             conf = "low"
+        info = lf.image(fv, "post")
+        if info.shown is not None and conf != "low":
+            conf = "medium" if info.decided(e.outer_line, e.line) else "low"
         related = [Location(path, r.line, f"{r.func}() takes {_cls(r.inner)} under {_cls(r.outer)} here")]
         return self.finding(fv.path, line, msg, related=related, confidence=conf)
 

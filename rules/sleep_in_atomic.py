@@ -97,9 +97,14 @@ class SleepInAtomic(Rule):
             if in_call is None and h.line not in added:
                 continue
             line = in_call or h.line
+            conf = "high" if via is None else "medium"
+            if post.shown is not None:
+                # from the hunks alone: a gap between the lock and the call
+                # may release it
+                conf = "medium" if post.decided(h.line, c.line) else "low"
             yield self.finding(fv.path, line, _message(fn.name, why, h),
                                related=[Location(fv.path, h.line, f"{lf.display(h)} taken here")],
-                               confidence="high" if via is None else "medium")
+                               confidence=conf)
 
     def _callers(self, fv, post, pre, fn, added):
         """The patch makes `fn` sleep; does a caller hold a spinlock?"""

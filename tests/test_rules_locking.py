@@ -252,3 +252,37 @@ def test_same_findings_whatever_the_hash_seed(tmp_path):
         assert any("dentry_kill() calls it with" in m for m in findings), findings
         outs.append(got)
     assert outs[0] == outs[1] == outs[2]
+
+
+# -- diff only: functions rebuilt from the hunks that show them ----------------
+
+UNLOCK_END = "\traw_spin_unlock_bh(&stab->lock);\n\treturn 0;\nout_unlock:\n"
+
+
+def _two_hunks(early_return_after):
+    """sock_map_update_common() changed in two places far apart: an early
+    return added after EARLY_RETURN_AFTER, and a comment by the unlock at
+    the end (so that the second hunk shows the unlock)."""
+    def edit(text):
+        text = rep(early_return_after, early_return_after + "\tif (osk == sk)\n\t\treturn -EEXIST;\n")(text)
+        return rep(UNLOCK_END, "\t/* the old socket goes last */\n" + UNLOCK_END)(text)
+    return edit
+
+
+def test_diff_only_missing_unlock_decided_by_the_shown_lines_is_raised(tmp_path, sockmap_src):
+    # the lock, the new return and (in another hunk) the unlock are shown;
+    # the function's head is not: it is rebuilt from the hunk's section line
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: refuse self replace", _two_hunks(UPDATE_LOCKED))],
+                 "LCK002", tree=False)
+    assert len(got) == 1
+    f = got[0][1]
+    assert f.confidence == "medium" and "sock_map_update_common()" in f.message
+
+
+def test_diff_only_leak_behind_a_gap_is_not_mailed(tmp_path, sockmap_src):
+    # the new return sits in a hunk of its own, away from the lock: what the
+    # gap in between holds is unknown, so the finding stays low
+    early = "\tsock_map_add_link(psock, link, map, &stab->sks[idx]);\n"
+    got = review(tmp_path, sockmap_src, [("bpf, sockmap: refuse self replace", _two_hunks(early))],
+                 "LCK002", tree=False)
+    assert all(f.confidence == "low" for _, f in got)

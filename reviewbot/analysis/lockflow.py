@@ -89,7 +89,10 @@ ZEROLOCK = {
     "down_interruptible": "rwsem", "down_killable": "rwsem", "down_trylock": "rwsem",
     "down_read_interruptible": "rwsem", "down_read_killable": "rwsem",
     "down_write_killable": "rwsem",
+    # IIO's direct mode is a mutex held until released (0 on success)
+    "iio_device_claim_direct_mode": "mutex", "iio_device_claim_buffer_mode": "mutex",
 }
+RELEASE.update({"iio_device_release_direct_mode": "mutex", "iio_device_release_buffer_mode": "mutex"})
 # well-known lock wrappers: a global lock by name, or the lock of the object
 # the argument names (by the wrapper's name and the argument's class)
 ACQUIRE.update({
@@ -221,6 +224,9 @@ def key_of_call(name: str, kind: str, args: tuple[str, ...], types: dict[str, st
     """(key, expr) of the lock an acquire/release call names."""
     if name in GLOBAL_KEY:
         return GLOBAL_KEY[name], GLOBAL_KEY[name]
+    if name.startswith("iio_device_"):
+        arg = _strip(args[0]) if args else ""
+        return f"iio_dev.{name.split('_')[-2]}_mode", arg or name
     if _wrap_stem(name) in _WRAP_NAMES:
         arg = _strip(args[0]) if args else ""
         base = re.sub(r"\s+", "", arg)
@@ -776,6 +782,15 @@ class ImageInfo:
     summaries: "_Summaries"         # name -> Summary, made on demand
     flows: dict[str, Flow]
     memo: dict = field(default_factory=dict)     # per-rule derived data
+    shown: set | None = None        # lines the hunks show (None: the whole image is known)
+    synth: set = field(default_factory=set)     # rebuilt heads and ends (not code)
+
+    def decided(self, a: int, b: int) -> bool:
+        """Every line from A to B is known (no gap of unknown code between)."""
+        if self.shown is None:
+            return True
+        lo, hi = min(a, b), max(a, b)
+        return all(i in self.shown for i in range(lo, hi + 1))
 
     def flow(self, name: str) -> Flow | None:
         return self.flows.get(name)
@@ -1034,23 +1049,128 @@ def image(fv, which: str) -> ImageInfo:
         if info is None:
             info = m["_lockflow.image"] = _image(tree, None)
     else:
-        info = _image(tree, _shown_lines(fv, which == "post"))
+        shown = _shown_lines(fv, which == "post")
+        text, synth = rebuilt_text(fv, which == "post")
+        info = _image(cparse.parse(text) if synth else tree, shown, synth)
     per[which] = info
     return info
 
 
-def _image(tree, shown: set[int] | None) -> ImageInfo:
+_SECTION_FN = re.compile(r"^\s*(?:[\w*\s]+?[\s*])?(\w+)\s*\(")
+
+
+def rebuilt_text(fv, new: bool) -> tuple[str, set[int]]:
+    """The image the hunks show (gaps blank, line numbers kept), with each
+    function the hunks show only from its middle rebuilt around them: its
+    head (from the hunk's section line: `@@ ... @@ static int f(...)`)
+    written into the gap before the first hunk that shows it, opening as
+    many braces as the shown lines close, and the braces left open closed in
+    the gap after its last hunk.  Returns the text and the lines written
+    (the rebuilt heads and ends, which are not code anyone wrote)."""
+    lines: dict[int, str] = {}
+    groups: list[tuple[str, int, int]] = []       # (section, first line, last line)
+    for h in fv.diff.hunks:
+        shown = [(ln.new_no if new else ln.old_no, ln.text) for ln in h.lines
+                 if (ln.kind != "-" if new else ln.kind != "+") and (ln.new_no if new else ln.old_no)]
+        if not shown:
+            continue
+        for n, text in shown:
+            lines[n] = text
+        sec = (h.section or "").strip()
+        if groups and groups[-1][0] == sec and sec:
+            groups[-1] = (sec, groups[-1][1], shown[-1][0])
+        else:
+            groups.append((sec, shown[0][0], shown[-1][0]))
+    if not lines:
+        return "", set()
+    extra: dict[int, str] = {}
+    for sec, first, last in groups:
+        m = _SECTION_FN.match(sec)
+        if not m or "=" in sec.split("(")[0] or first - 1 < 1 or (first - 1) in lines or (first - 1) in extra:
+            continue
+        name = m.group(1)
+        if name in ("if", "for", "while", "switch", "return", "sizeof"):
+            continue
+        head = sec.rstrip("{ ").rstrip()
+        if head.count("(") != head.count(")"):
+            cut = head.rfind(",")
+            head = (head[:cut] if cut > head.find("(") else head[:head.find("(") + 1]) + ")"
+        if re.search(r"\b" + re.escape(name) + r"\s*\(", "\n".join(
+                lines.get(i, "") for i in range(max(1, first - 60), first))):
+            continue        # the head is shown above (a group of the same function)
+        # kernel style: a line's tabs are its depth in the function; a gap
+        # gets the braces that bring the depth from before it to after it
+        depth = _indent_depth([lines.get(i, "") for i in range(first, last + 1)])
+        if depth is None:
+            continue
+        extra[first - 1] = head + " " + "{" * depth
+        prev = first
+        for i in range(first, last + 1):
+            if i not in lines:
+                continue
+            if i > prev + 1:
+                want = _indent_depth([lines.get(j, "") for j in range(i, last + 1)])
+                if want is not None and want != depth:
+                    extra[prev + 1] = ("}" * (depth - want)) if depth > want else ("{" * (want - depth))
+                    depth = want
+            for ch in _code_only(lines[i]):
+                if ch == "{":
+                    depth += 1
+                elif ch == "}":
+                    depth -= 1
+            prev = i
+        if depth > 0:
+            close_at = last + 1
+            while close_at in lines or close_at in extra:
+                close_at += 1
+            extra[close_at] = "}" * depth
+    if not extra:
+        return "", set()
+    allno = {**lines, **extra}
+    top = max(allno)
+    return "\n".join(allno.get(i, "") for i in range(1, top + 1)) + "\n", set(extra)
+
+
+def _indent_depth(lines: list[str]) -> int | None:
+    """The block depth the first code line of LINES is at, by its leading
+    tabs (a line that closes a block counts one deeper; labels and
+    preprocessor lines say nothing)."""
+    for ln in lines:
+        s = ln.strip()
+        if not s or s.startswith(("#", "/*", "*", "//")) or re.match(r"^\w+:\s*$", s):
+            continue
+        tabs = len(ln) - len(ln.lstrip("\t"))
+        if tabs == 0:
+            return None if not s.startswith("}") else 1
+        return tabs + (1 if s.startswith("}") else 0)
+    return None
+
+
+def _code_only(line: str) -> str:
+    """A line without its strings, character constants and comments (for
+    counting braces)."""
+    s = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'', "", line)
+    s = re.sub(r"/\*.*?\*/", "", s)
+    return s.split("//")[0]
+
+
+def _image(tree, shown: set[int] | None, synth: set[int] = frozenset()) -> ImageInfo:
     funcs = [f for f in cparse.functions(tree) if f.name]
+    if shown is not None and synth:
+        shown = shown | synth           # rebuilt heads and ends count as seen
     if shown is not None:
-        # reconstructed from hunks: only functions the hunks show whole
-        funcs = [f for f in funcs if all(ln in shown for ln in range(f.start, f.end + 1))
+        # reconstructed from hunks: functions whose head and closing brace
+        # the hunks show; the gaps between hunks are unknown code, taken to
+        # hold no jump or exit and to leave the locks as they found them
+        # (rules lower their confidence when a gap lies on the path)
+        funcs = [f for f in funcs if f.start in shown and f.end in shown
                  and cparse.node_text(f.node).rstrip().endswith("}")]
     summ = _Summaries(funcs)
     flows = {}
     byname = {}
     for f in funcs:
         byname.setdefault(f.name, f)
-    return ImageInfo(funcs, byname, summ, flows)
+    return ImageInfo(funcs, byname, summ, flows, shown=shown, synth=set(synth))
 
 
 def _shown_lines(fv, new: bool) -> set[int]:

@@ -75,7 +75,16 @@ class Knowledge:
             over[path] = facts_of_text(path, text) if text else {"funcs": []}
         return View(self, over)
 
+    @property
+    def wrapper_names(self) -> frozenset:
+        got = self._wrap.get(None)
+        if got is None:
+            got = self._wrap[None] = frozenset(r[0] for r in self.db.execute("SELECT name FROM wrappers"))
+        return got
+
     def wrapper(self, name: str):
+        if name not in self.wrapper_names:
+            return None
         got = self._wrap.get(name, 0)
         if got == 0:
             row = self.db.execute("SELECT ops FROM wrappers WHERE name=?", (name,)).fetchone()
@@ -121,12 +130,54 @@ class View:
         self.wrappers = _Wrappers(kb, local_wrap)
         self._sim: dict = {}
         self._memo: dict = {}
+        self._index = None
+        self._defs: dict[str, list] = {}
+
+    def _overlay_index(self):
+        """(callee -> overlay functions calling it, callback -> registrations,
+        overlay functions that take or drop a lock), built on first use."""
+        if self._index is None:
+            callers: dict[str, list] = {}
+            regs: dict[str, list] = {}
+            lockers = []
+            wnames = self.kb.wrapper_names
+            local = self.wrappers.local
+            for path, ff in self.overlay.items():
+                for fn in ff.get("funcs", ()):
+                    d = {"name": fn["n"], "path": path, "line": fn["l"], "fn": fn}
+                    locks = False
+                    for e in fn["ev"]:
+                        if type(e) is str:
+                            continue
+                        if e[0] == "c":
+                            lst = callers.setdefault(e[1], [])
+                            if not lst or lst[-1] is not d:
+                                lst.append(d)
+                            if e[1] in wnames or e[1] in local:
+                                locks = True
+                        else:
+                            locks = True
+                    if locks:
+                        lockers.append(d)
+                    for r in fn.get("reg", ()):
+                        regs.setdefault(r[1], []).append((path, fn["n"], r))
+                for st, var, line, members in ff.get("ops", ()):
+                    for member, value in members:
+                        regs.setdefault(value, []).append((path, None, (st, var, line, member)))
+            self._index = (callers, regs, lockers)
+        return self._index
 
     # -- definitions
     def definitions(self, name: str) -> list[dict]:
         """Every definition of NAME: the real one first, then stubs, config
         variants, macros.  Each: name, path, line, end, static, inline,
         stub, header, macro, ncalls, source ('base' or 'overlay')."""
+        got = self._defs.get(name)
+        if got is None:
+            got = self._defs[name] = self._definitions(name)
+        return list(got)
+
+    def _definitions(self, name: str) -> list[dict]:
         out = []
         for fid, path, line, end, flags, ncalls in self.db.execute(
                 "SELECT id, path, line, end, flags, ncalls FROM funcs WHERE name=?", (name,)):
@@ -245,18 +296,16 @@ class View:
                 if src not in self.hidden and (c, w) not in out:
                     out.append((c, w))
         from reviewbot.analysis import kbseeds as S
-        for opath, ff in self.overlay.items():
-            for fn in ff.get("funcs", ()):
-                for kind, cb, via, line in fn.get("reg", ()):
-                    if cb == name and self._def(cb, opath) == d or (cb == name and opath == d["path"]):
-                        what = S.FUNCTION_MEMBER_CONTEXT[1] if via == "hrtimer .function" else \
-                            S.REG_WHAT.get(kind, kind)
-                        out.append((kind, f"{what}: registered with {via}() in {fn['n']} ({opath}:{line})"))
-            for st, var, line, members in ff.get("ops", ()):
-                for member, value in members:
-                    if value == name:
-                        for kind, why in S.OPS_CONTEXTS.get((st, member), ()):
-                            out.append((kind, f".{member} of struct {st} {var} ({opath}:{line}): {why}"))
+        for opath, fname, r in self._overlay_index()[1].get(name, ()):
+            if fname is None:
+                st, var, line, member = r
+                for kind, why in S.OPS_CONTEXTS.get((st, member), ()):
+                    out.append((kind, f".{member} of struct {st} {var} ({opath}:{line}): {why}"))
+                continue
+            kind, cb, via, line = r
+            if opath == d["path"] or self._def(cb, opath) == d:
+                what = S.FUNCTION_MEMBER_CONTEXT[1] if via == "hrtimer .function" else S.REG_WHAT.get(kind, kind)
+                out.append((kind, f"{what}: registered with {via}() in {fname} ({opath}:{line})"))
         return out
 
     # -- locks
@@ -321,14 +370,10 @@ class View:
             if path not in self.hidden:
                 out.append({"caller": caller, "path": path, "line": line,
                             "held": [tuple(h) for h in json.loads(held)]})
-        for opath, ff in self.overlay.items():
-            for fn in ff.get("funcs", ()):
-                if not any(type(e) is not str and e[0] == "c" and e[1] == name for e in fn["ev"]):
-                    continue
-                d = {"name": fn["n"], "path": opath, "line": fn["l"], "fn": fn}
-                for c, ln, held in self._simulate(d)[0]:
-                    if c == name and held:
-                        out.append({"caller": fn["n"], "path": opath, "line": ln, "held": list(held)})
+        for d in self._overlay_index()[0].get(name, ()):
+            for c, ln, held in self._simulate(d)[0]:
+                if c == name and held:
+                    out.append({"caller": d["name"], "path": d["path"], "line": ln, "held": list(held)})
         return out
 
     # -- lock order
@@ -336,11 +381,9 @@ class View:
         got = self._memo.get("edges")
         if got is None:
             got = []
-            for opath, ff in self.overlay.items():
-                for fn in ff.get("funcs", ()):
-                    d = {"name": fn["n"], "path": opath, "line": fn["l"], "fn": fn}
-                    for a, b, ln, via in self._simulate(d)[2]:
-                        got.append((a, b, [f"{fn['n']} ({opath}:{ln}) takes {b} with {via}() while holding {a}"]))
+            for d in self._overlay_index()[2]:
+                for a, b, ln, via in self._simulate(d)[2]:
+                    got.append((a, b, [f"{d['name']} ({d['path']}:{ln}) takes {b} with {via}() while holding {a}"]))
             self._memo["edges"] = got
         return got
 

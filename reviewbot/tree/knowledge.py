@@ -145,7 +145,7 @@ CREATE INDEX calls_caller ON calls(caller);
 CREATE INDEX taken_id ON taken(id);
 CREATE INDEX wrappers_name ON wrappers(name);
 CREATE INDEX ctx_id ON ctx(id);
-CREATE INDEX edges_a ON edges(a);
+CREATE INDEX edges_a ON edges(a, b);
 CREATE INDEX edges_b ON edges(b);
 CREATE INDEX pairs_acquire ON pairs(acquire);
 CREATE INDEX pairs_release ON pairs(release);

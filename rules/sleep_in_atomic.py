@@ -56,11 +56,84 @@ class SleepInAtomic(Rule):
     confidence = "high"
 
     def check_patch(self, ctx: PatchContext):
+        kb = None
         for fv, touched, post in lf.touched_files(ctx):
+            if kb is None:
+                kb = _knowledge(ctx)
             pre = lf.image(fv, "pre")
             for fn, added in touched:
                 yield from self._direct(fv, post, pre, fn, added)
                 yield from self._callers(fv, post, pre, fn, added)
+                if kb:
+                    yield from self._tree_sleepers(fv, post, pre, fn, added, kb)
+                    yield from self._atomic_context(fv, post, pre, fn, added, kb)
+
+    # -- with the tree's knowledge (reviewbot index) -------------------------
+    def _tree_sleepers(self, fv, post, pre, fn, added, kb):
+        """A call under a spinlock (or in an RCU section) to a function of
+        the tree that may sleep, several calls down: the chain is named."""
+        def sites(info):
+            out = []
+            fl = lf.lock_flow(info, fn.name)
+            for c in (fl.calls if fl is not None else ()):
+                if lf.sleeping_call(c.name, c.args) or c.name in info.byname:
+                    continue        # the direct rule's (or a same-file function's)
+                held = [h for h in lf.must_held(c.states) if h.kind in lf.ATOMIC_KINDS and h.key != "srcu"]
+                if held:
+                    out.append((c, max(held, key=lambda h: h.line)))
+            return out
+        now = sites(post)
+        if not now:
+            return
+        before = Counter((c.name, h.key) for c, h in sites(pre))
+        seen = Counter()
+        for c, h in now:
+            sig = (c.name, h.key)
+            seen[sig] += 1
+            if seen[sig] <= before[sig]:
+                continue
+            chain = kb.may_sleep(c.name, fv.path)
+            if not chain:
+                continue
+            why = f"{c.name}() ({_chain_text(chain)})"
+            conf = "medium" if post.shown is None or post.decided(h.line, c.line) else "low"
+            yield self.finding(fv.path, lf.span_added(c.node, added) or c.line, _message(fn.name, why, h),
+                               related=[Location(fv.path, h.line, f"{lf.display(h)} taken here")],
+                               confidence=conf)
+
+    def _atomic_context(self, fv, post, pre, fn, added, kb):
+        """A call that may sleep, added to a function the tree runs in
+        atomic context (an interrupt handler, a timer or softirq callback,
+        a callback called under a spinlock)."""
+        ctxs = [(c, w) for c, w in kb.contexts(fn.name, fv.path) if c in ("hardirq", "softirq", "atomic")]
+        if not ctxs:
+            return
+        fl = lf.flow_of(post, fn.name)
+        old = lf.flow_of(pre, fn.name)
+        def sleepers(flow):
+            out = []
+            for c in (flow.calls if flow is not None else ()):
+                why = lf.sleeping_call(c.name, c.args)
+                if why:
+                    out.append((c, why))
+                elif c.name not in ("might_sleep",):
+                    chain = kb.may_sleep(c.name, fv.path)
+                    if chain:
+                        out.append((c, f"{c.name}() ({_chain_text(chain)})"))
+            return out
+        before = Counter(why for _, why in sleepers(old)) if old is not None else Counter()
+        seen = Counter()
+        ctx_name, witness = ctxs[0]
+        where = {"hardirq": "hard-interrupt context", "softirq": "softirq context",
+                 "atomic": "atomic context"}[ctx_name]
+        for c, why in sleepers(fl):
+            seen[why] += 1
+            if seen[why] <= before[why] or lf.span_added(c.node, added) is None:
+                continue
+            msg = (f"{why} can sleep, but {fn.name}() runs in {where} ({witness}). "
+                   f"Is there a non-sleeping variant, or can this move to process context?")
+            yield self.finding(fv.path, lf.span_added(c.node, added), msg, confidence="medium")
+            return
 
     def _sites(self, info, name):
         out = []
@@ -93,10 +166,10 @@ class SleepInAtomic(Rule):
             now[sig] += 1
             if now[sig] <= before[sig]:
                 continue
+            # new in this function (the counts above): the call, the lock,
+            # or a release the patch took away in between
             in_call = lf.span_added(c.node, added)
-            if in_call is None and h.line not in added:
-                continue
-            line = in_call or h.line
+            line = in_call or (h.line if h.line in added else c.line)
             conf = "high" if via is None else "medium"
             if post.shown is not None:
                 # from the hunks alone: a gap between the lock and the call
@@ -167,3 +240,22 @@ def _message(fname: str, why: str, h) -> str:
     else:
         where = f"with {lf.display(h)} held (taken by {h.call}())"
     return f"{why} can sleep, but {fname}() calls it {where}. " + _advice(why, h)
+
+
+def _knowledge(ctx):
+    """The tree knowledge base for this patch, or False (none built, or no
+    tree)."""
+    try:
+        return getattr(ctx, "knowledge", None) or False
+    except Exception:
+        return False
+
+
+def _chain_text(chain: list[str]) -> str:
+    """A may-sleep witness chain in one phrase: 'it calls a(), which calls
+    msleep()' (the tree knowledge base's steps, caller first)."""
+    import re
+    names = [m.group(1) + "()" for m in (re.search(r"calls (\w+)\(\)", s) for s in chain) if m]
+    if not names:
+        return "which may sleep"
+    return "it calls " + ", which calls ".join(names)

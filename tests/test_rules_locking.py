@@ -286,3 +286,35 @@ def test_diff_only_leak_behind_a_gap_is_not_mailed(tmp_path, sockmap_src):
     got = review(tmp_path, sockmap_src, [("bpf, sockmap: refuse self replace", _two_hunks(early))],
                  "LCK002", tree=False)
     assert all(f.confidence == "low" for _, f in got)
+
+
+# -- with the tree's knowledge base ---------------------------------------------
+
+def test_a_callee_that_sleeps_several_calls_down_is_named_with_its_chain(tmp_path, monkeypatch):
+    """sdhci_check_ro() made to call mmc_gpio_get_ro() under host->lock:
+    the knowledge base of the tree knows it ends in the sleeping GPIO
+    accessor (slot-gpio.c -> gpiolib.c), which no file of the patch shows."""
+    from reviewbot.tree import knowledge as kn
+    files = ["drivers/mmc/host/sdhci.c", "drivers/mmc/core/slot-gpio.c", "drivers/gpio/gpiolib.c"]
+    try:
+        real = kernel_files(files)
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+    monkeypatch.setenv("REVIEWBOT_INDEX_DIR", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    base = make_tree(tree, real)
+    kn.build(str(tree), base, tmp_path / "cache", procs=1)
+    old = "\tbool allow_invert = false;\n\tint is_readonly;\n\n\tif (host->flags & SDHCI_DEVICE_DEAD) {\n"
+    end = "\t\tallow_invert = true;\n\t}\n\n"
+
+    def edit(text):
+        assert text.count(old) == 1 and text.count(end) == 1
+        text = text.replace(old, "\tbool allow_invert = false;\n\tunsigned long flags;\n\tint is_readonly;\n\n"
+                            "\tspin_lock_irqsave(&host->lock, flags);\n\tif (host->flags & SDHCI_DEVICE_DEAD) {\n")
+        return text.replace(end, "\t\tallow_invert = true;\n\t}\n\tspin_unlock_irqrestore(&host->lock, flags);\n\n")
+    msgs = make_series(tree, [("mmc: sdhci: read the switch under the host lock", {files[0]: edit})])
+    res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={"LCK003"}, min_confidence="low"))
+    got = [f for r in res.patches for f in r.findings]
+    assert len(got) == 1 and got[0].confidence == "medium"
+    assert "mmc_gpio_get_ro() (it calls gpiod_get_value_cansleep()" in got[0].message
+    assert "host->lock held" in got[0].message

@@ -44,16 +44,33 @@ class FileView:
     @cached_property
     def post_text(self) -> str:
         """The post-image, or what the hunks show of it when no tree is known
-        (the lines in between are blank so that line numbers match)."""
+        (the lines in between are blank so that line numbers match, and a
+        function shown only from its middle gets its head and closing braces
+        rebuilt in the gaps: see synth_lines)."""
         if self.post is not None:
             return self.post
-        return reconstruct(self.diff, new=True)
+        return self._rebuilt(True)[0]
 
     @cached_property
     def pre_text(self) -> str:
         if self.pre is not None:
             return self.pre
-        return reconstruct(self.diff, new=False)
+        return self._rebuilt(False)[0]
+
+    def synth_lines(self, new: bool) -> set[int]:
+        """Lines of a reconstructed image that were written to rebuild a
+        function around its hunks (not code anyone wrote)."""
+        if (self.post if new else self.pre) is not None:
+            return set()
+        return self._rebuilt(new)[1]
+
+    def _rebuilt(self, new: bool) -> tuple[str, set[int]]:
+        memo = self.__dict__.setdefault("_rebuilt_memo", {})
+        if new not in memo:
+            from reviewbot.analysis.lockflow import rebuilt_text
+            text, synth = rebuilt_text(self, new)
+            memo[new] = (text, synth) if synth else (reconstruct(self.diff, new=new), set())
+        return memo[new]
 
     @cached_property
     def post_tree(self):

@@ -1050,8 +1050,7 @@ def image(fv, which: str) -> ImageInfo:
             info = m["_lockflow.image"] = _image(tree, None)
     else:
         shown = _shown_lines(fv, which == "post")
-        text, synth = rebuilt_text(fv, which == "post")
-        info = _image(cparse.parse(text) if synth else tree, shown, synth)
+        info = _image(tree, shown, fv.synth_lines(which == "post"))
     per[which] = info
     return info
 

@@ -48,7 +48,7 @@ SLEEPS = {
                                     "lock_buffer", "inode_lock", "inode_lock_shared", "i_mmap_lock_write",
                                     "mmap_read_lock", "mmap_write_lock", "device_lock", "cpus_read_lock",
                                     "get_online_cpus", "rtnl_lock_killable", "pci_lock_rescan_remove")},
-    **{n: "firmware/probe" for n in ("request_firmware", "request_firmware_direct",
+    **{n: "sleeps: vmalloc, device or firmware setup" for n in ("request_firmware", "request_firmware_direct",
                                      "firmware_request_nowarn", "request_module",
                                      "vmalloc", "vzalloc", "vmalloc_node", "vzalloc_node",
                                      "alloc_netdev_mqs", "register_netdev",

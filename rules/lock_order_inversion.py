@@ -146,6 +146,11 @@ class LockOrderInversion(Rule):
                     continue
                 other = self._reverse(ctx, fv, post, pre, e)
                 if other is None:
+                    got = self._tree_reverse(ctx, fv, post, e)
+                    if got is not None:
+                        reported.add((e.func, e.line))
+                        reported.add((e.func, frozenset((e.outer, e.inner))))
+                        yield got
                     continue
                 where, rev = other
                 reported.add((e.func, e.line))
@@ -153,6 +158,34 @@ class LockOrderInversion(Rule):
                 added = added_by_fn[e.func]
                 line = lf.report_line([e.line, e.outer_line], added, e.line)
                 yield self._finding(fv, e, where, rev, line)
+
+    def _tree_reverse(self, ctx, fv, post, e: Edge):
+        """The reverse order somewhere else in the tree (the knowledge
+        base's lock-order edges, with their witness path)."""
+        if e.outer.startswith("?") or e.inner.startswith("?") or e.outer == e.inner:
+            return None
+        try:
+            kb = ctx.knowledge
+        except Exception:
+            kb = None
+        if not kb:
+            return None
+        witness = kb.order_edge(e.inner, e.outer)
+        if not witness:
+            return None
+        inner = e.inner_expr if not e.via else _cls(e.inner)
+        how = f" (through {e.via}())" if e.via else ""
+        path = "; ".join(witness[:3])
+        msg = (f"{e.func}() now takes {inner}{how} while holding {e.outer_expr}, but elsewhere in "
+               f"the tree {_cls(e.outer)} is taken while {_cls(e.inner)} is held: {path}. "
+               f"Can these two paths run concurrently on the same objects? That would be an "
+               f"ABBA deadlock between {_cls(e.outer)} and {_cls(e.inner)}.")
+        line = lf.report_line([e.line, e.outer_line], set(fv.changed_lines), e.line)
+        generic = any("." in k for k in (e.outer, e.inner))
+        conf = "low" if e.maybe else ("medium" if generic or e.via else "high")
+        if post.shown is not None and conf != "low":
+            conf = "medium" if post.decided(e.outer_line, e.line) else "low"
+        return self.finding(fv.path, line, msg, confidence=conf)
 
     def _reverse(self, ctx, fv, post, pre, e: Edge):
         """(path, Edge) of a site taking e.outer while holding e.inner."""

@@ -84,6 +84,7 @@ class ReleaseRemoved(Rule):
     confidence = "medium"
 
     def check_patch(self, ctx: PatchContext):
+        self._kb = None
         for fv in ctx.c_files():
             if fv.diff.is_new or not fv.diff.removed():
                 continue
@@ -105,6 +106,11 @@ class ReleaseRemoved(Rule):
                     res = _resource(c)
                     if not res or (pf.name, c.name, res) in reported:
                         continue
+                    if self._kb is None:
+                        try:
+                            self._kb = ctx.knowledge or False
+                        except Exception:
+                            self._kb = False
                     got = self._check(fv, pf, post, c, res, shown)
                     if got is not None:
                         reported.add((pf.name, c.name, res))
@@ -142,13 +148,22 @@ class ReleaseRemoved(Rule):
         if exit_line is None:
             return None
         acq_name, acq_line, how = acq
+        support = ""
+        if how == "value?" and self._kb:
+            # the tree's callers of that function: do they give it back so?
+            for rel, sup, total, src in self._kb.release_for(acq_name):
+                if (rel == call.name or acquires_of(rel) & fam) and sup >= 2 and sup * 2 >= total:
+                    how = "value"
+                    support = (f" (of the {total} callers of {acq_name}() in the tree that keep its "
+                               f"result, {sup} release it with {rel}())")
+                    break
         where = "in this function" if how != "file" else "in this file"
         if exit_line == post_fn.end:
             path = f"{post_fn.name}() now ends"
         else:
             path = f"the path through line {exit_line} now leaves {post_fn.name}()"
         msg = (f"This removes {call.name}({call.args[_RESOURCE_ARG.get(call.name, 0)].strip()}), "
-               f"but {res} is still taken by {acq_name}() {where} (line {acq_line}), and {path} "
+               f"but {res} is still taken by {acq_name}() {where} (line {acq_line}){support}, and {path} "
                f"without releasing it. Is it leaked there now, or is it released somewhere "
                f"this patch does not show?")
         line = anchor if anchor in added or not added else anchor

@@ -82,7 +82,13 @@ class FlushUnderLock(Rule):
     confidence = "medium"
 
     def check_patch(self, ctx: PatchContext):
+        kb = None
         for fv, touched, post in lf.touched_files(ctx):
+            if kb is None:
+                try:
+                    kb = ctx.knowledge or False
+                except Exception:
+                    kb = False
             handlers = None
             pre = None
             for fn, changed in touched:
@@ -104,7 +110,7 @@ class FlushUnderLock(Rule):
                     for hname in handlers.get((kind, target), ()):
                         if hname == fn.name:
                             continue
-                        takes = _takes(post, hname)
+                        takes = _takes(post, hname, kb, fv.path)
                         hit = [h for h in held if h.key in takes]
                         if hit:
                             found = (hname, takes, hit)
@@ -171,10 +177,12 @@ def _handlers(tree) -> dict[tuple[str, str], list[str]]:
     return out
 
 
-def _takes(info, name: str, depth: int = 2) -> dict[str, int]:
+def _takes(info, name: str, kb=None, path=None, depth: int = 2) -> dict[str, int]:
     """Lock keys a function takes, itself or through same-file callees
-    (DEPTH levels), with the line of one acquisition."""
+    (DEPTH levels; the rest of the tree through the knowledge base), with
+    the line of one acquisition in this file (0 when further away)."""
     out: dict[str, int] = {}
+    held_keys = None
     seen = set()
     frontier = [name]
     for _ in range(depth + 1):
@@ -192,7 +200,26 @@ def _takes(info, name: str, depth: int = 2) -> dict[str, int]:
             for c in fl.calls:
                 if c.name in info.byname:
                     nxt.append(c.name)
+                elif kb and c.name not in seen and c.name not in lf.ACQUIRE and c.name not in lf.RELEASE:
+                    seen.add(c.name)
+                    try:
+                        for t in kb.locks_taken(c.name, path, depth=1):
+                            if t.get("kind") not in ("rcu", "irq", "bh", "preempt"):
+                                out.setdefault(t["class"], 0)
+                    except Exception:
+                        pass
         frontier = nxt
+    return _with_keys(out)
+
+
+def _with_keys(out: dict[str, int]) -> dict[str, int]:
+    """The knowledge base's classes (`struct t.f`) also under the names the
+    lock flow gives them (`t.f`, or `f` for a field named after its lock)."""
+    for cls, line in list(out.items()):
+        if cls.startswith("struct "):
+            short = cls[len("struct "):]
+            out.setdefault(short, line)
+            out.setdefault(short.rsplit(".", 1)[-1], line)
     return out
 
 

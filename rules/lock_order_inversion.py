@@ -170,7 +170,7 @@ class LockOrderInversion(Rule):
             kb = None
         if not kb:
             return None
-        witness = kb.order_edge(e.inner, e.outer)
+        witness = kb.order_edge_for_keys(e.inner, e.outer)
         if not witness:
             return None
         inner = e.inner_expr if not e.via else _cls(e.inner)

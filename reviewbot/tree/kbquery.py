@@ -387,6 +387,24 @@ class View:
             self._memo["edges"] = got
         return got
 
+    def order_edge_for_keys(self, a: str, b: str) -> list[str] | None:
+        """order_edge() for two lock-flow keys (analysis.lockflow names a
+        lock by its field alone when the field's name says which lock it is,
+        `sk_callback_lock`, and by `type.field` otherwise; the base always
+        says `struct type.field`)."""
+        if a.startswith("?") or b.startswith("?"):
+            return None
+        for x, y, w in self._overlay_edges():
+            if key_matches(a, x) and key_matches(b, y):
+                return w
+        ca, cb = _key_sql(a, "a"), _key_sql(b, "b")
+        rows = self.db.execute(f"SELECT a, b, witness, src FROM edges WHERE ({ca[0]}) AND ({cb[0]}) LIMIT 20",
+                               ca[1] + cb[1]).fetchall()
+        for x, y, w, src in rows:
+            if src not in self.hidden and key_matches(a, x) and key_matches(b, y):
+                return json.loads(w)
+        return None
+
     def order_edge(self, a: str, b: str) -> list[str] | None:
         """A witness path for "B taken while A is held", or None."""
         for x, y, w in self._overlay_edges():
@@ -458,3 +476,18 @@ class View:
                           "release_on_failure": [list(r) for r in self.release_on_failure(name)[:10]]},
             })
         return out
+
+
+def key_matches(key: str, cls: str) -> bool:
+    """Whether a lock-flow key (`sk_callback_lock`, `bpf_stab.lock`, a
+    global's name) names the base's lock class CLS (`struct sock.sk_callback_lock`)."""
+    c = cls[len("struct "):] if cls.startswith("struct ") else cls
+    if c == key:
+        return True
+    return "." not in key and c.rsplit(".", 1)[-1] == key
+
+
+def _key_sql(key: str, col: str) -> tuple[str, list]:
+    if "." in key:
+        return f"{col} = ? OR {col} = ?", ["struct " + key, key]
+    return f"{col} = ? OR {col} LIKE ?", [key, "%." + key]

@@ -1,0 +1,173 @@
+"""recursive-lock (LCK008): a lock taken again, through a callee, while held."""
+from __future__ import annotations
+
+import re
+
+from reviewbot.analysis import lockflow as lf
+from reviewbot.engine import PatchContext, Rule
+from reviewbot.tree.kbquery import key_matches
+from reviewbot.findings import Location
+
+# kinds that deadlock when taken twice by one task (a read lock or an RCU
+# section nests; a sleeping lock and a spinning one do not)
+_SELF_DEADLOCK = {"spin", "mutex", "rwsem", "sock", "wrap"}
+
+
+class RecursiveLock(Rule):
+    """Flags a call made with a lock held to a function that takes the same
+    lock again, itself or further down, when the patch introduces the
+    pair.
+
+    ## What it does
+    For each function the patch touches, and each call made with a lock
+    held on every path (`spin_lock*`, `mutex_lock*`, `down_write`,
+    `lock_sock`, well-known wrappers), it asks what the callee takes: the
+    same-file functions by walking them (two levels), the rest of the tree
+    from the knowledge base that `reviewbot index` builds (two levels, with
+    the witness path).  A callee that takes the same lock class is
+    reported; at medium confidence when the call hands it the object the
+    held lock lives in (or the class is a named field of its own), else
+    low.  Read locks and RCU sections, `*_nested()` acquisitions and pairs
+    the pre-image already had are left out.
+
+    ## Why is this bad?
+    A mutex or spinlock taken twice by the same task deadlocks at once;
+    lockdep reports "possible recursive locking detected".  It slips in
+    when a helper that locks for itself is called from a new, locked
+    caller, or when a lock is widened over a call that ends up back in the
+    same code.
+
+    ## Example
+         mutex_lock(&mhi_cntrl->state_lock);
+        +ret = mhi_ep_power_up(mhi_cntrl);
+    where mhi_ep_power_up() reaches mhi_ep_set_ready_state(), which does
+    `mutex_lock(&mhi_cntrl->state_lock)`.
+
+    ## Use instead
+    Call the helper after the unlock, or split it into a `__helper()` that
+    expects the lock held (annotated with `lockdep_assert_held()`).
+
+    ## References
+    Documentation/locking/lockdep-design.rst ("recursive locking").
+    """
+
+    code = "LCK008"
+    name = "recursive-lock"
+    family = "locking"
+    severity = "error"
+    confidence = "medium"
+
+    def check_patch(self, ctx: PatchContext):
+        kb = None
+        for fv, touched, post in lf.touched_files(ctx):
+            if kb is None:
+                try:
+                    kb = ctx.knowledge or False
+                except Exception:
+                    kb = False
+            pre = None
+            for fn, changed in touched:
+                now = _sites(post, fn.name, kb, fv.path)
+                if not now:
+                    continue
+                if pre is None:
+                    pre = lf.image(fv, "pre")
+                before = {(c.name, h.key) for c, h, _ in _sites(pre, fn.name, kb, fv.path, cheap=True)}
+                for c, h, path in now:
+                    if (c.name, h.key) in before:
+                        continue
+                    related_obj = _hands_object(c, h, lf.flow_of(post, fn.name).types)
+                    named = "." not in h.key and not h.key.startswith("?")
+                    conf = "medium" if related_obj or named else "low"
+                    if post.shown is not None and conf == "medium" and not post.decided(h.line, c.line):
+                        conf = "low"
+                    via = "; ".join(path[:3])
+                    msg = (f"{fn.name}() calls {c.name}() with {lf.display(h)} held (taken at line "
+                           f"{h.line}), and {c.name}() takes the same lock again: {via}. "
+                           f"Won't that deadlock on itself?")
+                    yield self.finding(fv.path, c.line, msg, confidence=conf,
+                                       related=[Location(fv.path, h.line, f"{lf.display(h)} taken here")])
+
+
+def _sites(info, name, kb, path, cheap=False):
+    """(call, held lock, witness) for calls made with a lock held whose
+    callee takes that lock's class."""
+    fl = lf.lock_flow(info, name)
+    if fl is None:
+        return []
+    out = []
+    seen = set()
+    for c in fl.calls:
+        if c.name == name or c.name in lf.ACQUIRE or c.name in lf.RELEASE or c.name in lf.TRYLOCK:
+            continue
+        held = [h for h in lf.must_held(c.states)
+                if h.kind in _SELF_DEADLOCK and not h.key.startswith("?") and h.how not in ("cond",)
+                and "nested" not in h.call and not h.call.startswith(("read_", "down_read"))]
+        if not held:
+            continue
+        taken = _callee_takes(info, c.name, kb, path)
+        for h in held:
+            hit = taken.get(h.key) or next((w for k, w in taken.items() if key_matches(h.key, k)), None)
+            if hit and (c.name, h.key) not in seen:
+                seen.add((c.name, h.key))
+                out.append((c, h, hit))
+    return out
+
+
+def _callee_takes(info, name, kb, path) -> dict[str, list[str]]:
+    """Lock class -> witness steps, for what NAME takes (two levels)."""
+    out: dict[str, list[str]] = {}
+    if name in info.byname:
+        frontier = [(name, [])]
+        seen = set()
+        for _ in range(3):
+            nxt = []
+            for n, steps in frontier:
+                if n in seen:
+                    continue
+                seen.add(n)
+                fl = lf.flow_of(info, n)
+                if fl is None:
+                    continue
+                for h, _ in fl.acquires:
+                    if h.how != "cond" and "nested" not in h.call and not h.call.startswith(("read_", "down_read")):
+                        out.setdefault(h.key, steps + [f"{n}() takes it with {h.call}() at line {h.line}"])
+                for c in fl.calls:
+                    if c.name in info.byname and c.name not in seen:
+                        nxt.append((c.name, steps + [f"{n}() calls {c.name}() at line {c.line}"]))
+                    elif kb and c.name not in seen and c.name not in lf.ACQUIRE and c.name not in lf.RELEASE \
+                            and len(steps) < 2:
+                        seen.add(c.name)
+                        for k, w in _kb_takes(kb, c.name, path, 1).items():
+                            out.setdefault(k, steps + [f"{n}() calls {c.name}() at line {c.line}"] + w)
+            frontier = nxt
+        return out
+    if kb:
+        out.update(_kb_takes(kb, name, path, 2))
+    return out
+
+
+def _kb_takes(kb, name, path, depth) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    try:
+        for t in kb.locks_taken(name, path, depth=depth):
+            if t.get("kind") in ("read", "rcu", "irq", "bh", "preempt"):
+                continue
+            out.setdefault(t["class"], [re.sub(r" \([^()]*:\d+\)", "()", s) for s in t["path"]])
+    except Exception:
+        pass
+    return out
+
+
+def _hands_object(c, h, types) -> bool:
+    """The call gets the object the lock lives in (or one of its type)."""
+    base = lf.lock_base(h.expr)
+    root = re.split(r"->|\.", base)[0] if base else ""
+    struct = h.key.split(".")[0] if "." in h.key else ""
+    for a in c.args:
+        a = re.sub(r"\s+", "", a).lstrip("&")
+        if root and (a == root or a.startswith((root + "->", root + "."))):
+            return True
+        if struct and types.get(a) == struct:
+            return True
+    return False

@@ -1,6 +1,7 @@
 """sleep-in-atomic (LCK003): a sleeping call added inside a spinlock/RCU section."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from reviewbot.engine import PatchContext, Rule
@@ -92,11 +93,13 @@ class SleepInAtomic(Rule):
             seen[sig] += 1
             if seen[sig] <= before[sig]:
                 continue
-            chain = kb.may_sleep(c.name, fv.path)
+            chain = _useful_chain(kb, c.name, fv.path)
             if not chain:
                 continue
             why = f"{c.name}() ({_chain_text(chain)})"
             conf = "medium" if post.shown is None or post.decided(h.line, c.line) else "low"
+            if len(chain) > 4:
+                conf = "low"        # a long chain: more likely a path this caller never takes
             yield self.finding(fv.path, lf.span_added(c.node, added) or c.line, _message(fn.name, why, h),
                                related=[Location(fv.path, h.line, f"{lf.display(h)} taken here")],
                                confidence=conf)
@@ -117,8 +120,8 @@ class SleepInAtomic(Rule):
                 if why:
                     out.append((c, why))
                 elif c.name not in ("might_sleep",):
-                    chain = kb.may_sleep(c.name, fv.path)
-                    if chain:
+                    chain = _useful_chain(kb, c.name, fv.path)
+                    if chain and len(chain) <= 4:
                         out.append((c, f"{c.name}() ({_chain_text(chain)})"))
             return out
         before = Counter(why for _, why in sleepers(old)) if old is not None else Counter()
@@ -259,3 +262,26 @@ def _chain_text(chain: list[str]) -> str:
     if not names:
         return "which may sleep"
     return "it calls " + ", which calls ".join(names)
+
+
+# what the chain of a may-sleep answer must not go through: the lock
+# primitives themselves (their PREEMPT_RT forms sleep by design), lockdep
+# and debugging paths, reporting helpers
+_NOT_SLEEPERS = re.compile(r"^(_*raw_|_*spin_|_*read_|_*write_|rt_|_*rcu_|lock_|__lock|lockdep|local_|preempt_|"
+                           r"print|dump_|panic|warn|__warn|debug_|kasan|kcsan|kmsan|trace_|"
+                           r"migrate_|__set_cpus|mutex_unlock|up$|up_|complete)")
+
+
+def _useful_chain(kb, name: str, path: str):
+    """kb.may_sleep(), unless the callee is a lock primitive or the chain
+    runs through RT-only, debugging or reporting code."""
+    if name in lf.ACQUIRE or name in lf.RELEASE or name in lf.TRYLOCK or _NOT_SLEEPERS.match(name):
+        return None
+    chain = kb.may_sleep(name, path)
+    if not chain:
+        return None
+    for step in chain:
+        m = re.search(r"calls (\w+)\(\)", step)
+        if m and _NOT_SLEEPERS.match(m.group(1)) and m.group(1) not in ("might_sleep",):
+            return None
+    return chain

@@ -100,6 +100,10 @@ class ReleaseRemoved(Rule):
                 post = post_funcs.get(pf.name)
                 if post is None:
                     continue
+                for got in self._goto_became_return(fv, pf, post, removed, shown):
+                    if (pf.name, got.line) not in reported:
+                        reported.add((pf.name, got.line))
+                        yield got
                 for c in cparse.calls(pf.node):
                     if c.line not in removed or not is_release(c.name):
                         continue
@@ -115,6 +119,46 @@ class ReleaseRemoved(Rule):
                     if got is not None:
                         reported.add((pf.name, c.name, res))
                         yield got
+
+    def _goto_became_return(self, fv, pre_fn, post_fn, removed, shown):
+        """A `goto` into the unwind ladder replaced by a direct `return`:
+        what the ladder releases, and this function took before that
+        point, is now kept on that path."""
+        for label, ret_line in _replaced_gotos(fv, removed):
+            if not (post_fn.start <= ret_line <= post_fn.end):
+                continue
+            body = post_fn.node.child_by_field_name("body")
+            tgt = next((n for n in cparse.walk(body) if n.type == "labeled_statement"
+                        and cparse.node_text(n.child_by_field_name("label")) == label), None) if body else None
+            if tgt is None or cparse.line_of(tgt) < ret_line:
+                continue
+            if shown is not None and any(i not in shown for i in range(cparse.line_of(tgt), post_fn.end + 1)):
+                continue
+            ladder = [c for c in cparse.calls(post_fn.node) if c.line >= cparse.line_of(tgt)]
+            for rel in ladder:
+                if not is_release(rel.name):
+                    continue
+                res = _resource(rel)
+                fam = acquires_of(rel.name)
+                if not res or not fam:
+                    continue
+                acq = _acquire_of(post_fn, res, fam)
+                if acq is None or acq[1] >= ret_line:
+                    continue
+                if shown is not None and acq[1] not in shown:
+                    continue
+                # released on the way to the return anyway?
+                if any(is_release(c.name) and _resource(c) == res and acq[1] < c.line < ret_line
+                       for c in cparse.calls(post_fn.node)):
+                    continue
+                msg = (f"This returns directly where it used to `goto {label}`, but the code at "
+                       f"{label} calls {rel.name}({rel.args[_RESOURCE_ARG.get(rel.name, 0)].strip()}), "
+                       f"and {res} was taken by {acq[0]}() at line {acq[1]}. Is it leaked on this "
+                       f"path now?")
+                yield self.finding(fv.path, ret_line, msg, confidence="medium",
+                                   related=[Location(fv.path, acq[1], f"{acq[0]}() takes it"),
+                                            Location(fv.path, rel.line, f"{label} releases it")])
+                break
 
     def _check(self, fv, pre_fn, post_fn, call, res, shown):
         fam = acquires_of(call.name)
@@ -174,6 +218,27 @@ class ReleaseRemoved(Rule):
 
 
 _STRUCTURAL = re.compile(r"^\s*(?:\}?\s*else\b.*|if\s*\(.*\)\s*\{?|\{|\})\s*$")
+
+
+_GOTO = re.compile(r"^\s*goto\s+(\w+)\s*;")
+_RETURN = re.compile(r"^\s*return\b")
+
+
+def _replaced_gotos(fv, removed: set[int]) -> list[tuple[str, int]]:
+    """(label, post line of the return) for each `goto L;` the patch turns
+    into a `return`: a removed goto with an added return beside it."""
+    out = []
+    for h in fv.diff.hunks:
+        lines = h.lines
+        for i, ln in enumerate(lines):
+            m = _GOTO.match(ln.text) if ln.kind == "-" else None
+            if not m:
+                continue
+            for other in lines[max(0, i - 4): i + 5]:
+                if other.kind == "+" and other.new_no and _RETURN.match(other.text):
+                    out.append((m.group(1), other.new_no))
+                    break
+    return out
 
 
 def _anchor(fv, old_no: int) -> int | None:

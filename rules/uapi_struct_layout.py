@@ -114,7 +114,10 @@ def _users_of(c_files: dict, sname: str) -> str:
     for f in c_files.values():
         if not pat.search(f.post_text):
             continue
+        synth = f.synth_lines(True)
         for fn in cparse.functions(f.post_tree):
+            if fn.start in synth:
+                continue        # rebuilt around hunks: what it checks is not all shown
             text = cparse.node_text(fn.node)
             if pat.search(text):
                 out.append(text)

@@ -143,6 +143,14 @@ class ReleaseRemoved(Rule):
                 if not res or not fam:
                     continue
                 acq = _acquire_of(post_fn, res, fam)
+                support = ""
+                if acq is None and self._kb:
+                    # a call the tables do not know: the tree's callers say
+                    got = _unknown_acquire(post_fn, res, ret_line)
+                    if got is not None:
+                        sup = _mined(self._kb, got[0], rel.name, fam)
+                        if sup:
+                            acq, support = got, sup
                 if acq is None or acq[1] >= ret_line:
                     continue
                 if shown is not None and acq[1] not in shown:
@@ -153,7 +161,7 @@ class ReleaseRemoved(Rule):
                     continue
                 msg = (f"This returns directly where it used to `goto {label}`, but the code at "
                        f"{label} calls {rel.name}({rel.args[_RESOURCE_ARG.get(rel.name, 0)].strip()}), "
-                       f"and {res} was taken by {acq[0]}() at line {acq[1]}. Is it leaked on this "
+                       f"and {res} was taken by {acq[0]}() at line {acq[1]}{support}. Is it leaked on this "
                        f"path now?")
                 yield self.finding(fv.path, ret_line, msg, confidence="medium",
                                    related=[Location(fv.path, acq[1], f"{acq[0]}() takes it"),
@@ -195,12 +203,9 @@ class ReleaseRemoved(Rule):
         support = ""
         if how == "value?" and self._kb:
             # the tree's callers of that function: do they give it back so?
-            for rel, sup, total, src in self._kb.release_for(acq_name):
-                if (rel == call.name or acquires_of(rel) & fam) and sup >= 2 and sup * 2 >= total:
-                    how = "value"
-                    support = (f" (of the {total} callers of {acq_name}() in the tree that keep its "
-                               f"result, {sup} release it with {rel}())")
-                    break
+            support = _mined(self._kb, acq_name, call.name, fam)
+            if support:
+                how = "value"
         where = "in this function" if how != "file" else "in this file"
         if exit_line == post_fn.end:
             path = f"{post_fn.name}() now ends"
@@ -260,6 +265,20 @@ def _anchor(fv, old_no: int) -> int | None:
         if hit:
             return last
     return None
+
+
+def _mined(kb, acquire: str, release: str, fam) -> str:
+    """The tree's support for ACQUIRE being undone by RELEASE (or its kin),
+    in words, or '' when the mined pairs do not say so."""
+    try:
+        pairs = kb.release_for(acquire)
+    except Exception:
+        return ""
+    for rel, sup, total, src in pairs:
+        if (rel == release or acquires_of(rel) & fam) and sup >= 2 and sup * 2 >= total:
+            return (f" (of the {total} callers of {acquire}() in the tree that keep its result, "
+                    f"{sup} release it with {rel}())")
+    return ""
 
 
 def _assigned(c: cparse.Call) -> str | None:

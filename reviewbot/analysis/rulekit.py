@@ -338,7 +338,8 @@ def acquires_of(release: str) -> frozenset[str]:
                       ("_destroy", ("_create", "_alloc", "_init")), ("_unregister", ("_register",)),
                       ("_deregister", ("_register",)), ("_release", ("_request", "_get", "_acquire", "_alloc")),
                       ("_unmap", ("_map",)), ("_disable", ("_enable",)), ("_exit", ("_init",)),
-                      ("_cleanup", ("_init", "_setup")), ("_stop", ("_start",))):
+                      ("_cleanup", ("_init", "_setup")), ("_stop", ("_start",)),
+                      ("_disconnect", ("_connect", "_attach")), ("_detach", ("_attach",))):
         if release.endswith(suf) and len(release) > len(suf):
             stem = release[: -len(suf)]
             derived.update(stem + a for a in acqs)

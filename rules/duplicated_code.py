@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import OrderedDict
 
 from reviewbot.engine import PatchContext, Rule
@@ -54,6 +55,11 @@ class DuplicatedCode(Rule):
     Move the common part into a helper both callers use, as
     "flow_dissector: Extract attach/detach/query helpers" did, or call the
     helper that already exists.
+
+    Two functions whose names differ only by a word of an opposite pair
+    (read/write, get/set, start/stop, enable/disable, lock/unlock, rx/tx,
+    suspend/resume, alloc/free, show/store, ...) share a shape while doing
+    opposite jobs: they are not reported as copies of each other.
     """
 
     code = "DUP001"
@@ -82,6 +88,8 @@ class DuplicatedCode(Rule):
             if twin is None:
                 continue
             where, path, line, end, func, cov, same_dir = twin
+            if opposite_jobs(unit.func, func):
+                continue        # a read and a write accessor share a shape, not a job
             yield self._report(unit, where, path, line, end, func, cov, same_dir)
 
     # -- the units of the whole series, computed once
@@ -210,6 +218,58 @@ class DuplicatedCode(Rule):
         conf = "high" if cov >= 0.95 and same_dir else ("medium" if same_dir or cov >= 0.97 else "low")
         return self.finding(unit.path, unit.start, msg, end_line=unit.end, confidence=conf,
                             related=[Location(path, line, "the other copy")])
+
+
+_OPPOSITES = (
+    ("read", "write"), ("rd", "wr"), ("get", "set"), ("get", "put"), ("start", "stop"),
+    ("enable", "disable"), ("en", "dis"), ("lock", "unlock"), ("open", "close"), ("rx", "tx"),
+    ("suspend", "resume"), ("load", "store"), ("inc", "dec"), ("on", "off"), ("attach", "detach"),
+    ("alloc", "free"), ("push", "pop"), ("add", "remove"), ("add", "del"), ("show", "store"),
+    ("in", "out"), ("input", "output"), ("up", "down"), ("init", "exit"), ("init", "deinit"),
+    ("init", "fini"), ("init", "cleanup"), ("create", "destroy"), ("register", "unregister"),
+    ("map", "unmap"), ("mask", "unmask"), ("pause", "resume"), ("freeze", "thaw"), ("encode", "decode"),
+    ("pack", "unpack"), ("send", "recv"), ("send", "receive"), ("import", "export"), ("save", "restore"),
+    ("acquire", "release"), ("begin", "end"), ("from", "to"), ("src", "dst"), ("min", "max"),
+    ("first", "last"), ("next", "prev"), ("head", "tail"), ("high", "low"), ("hi", "lo"),
+    ("connect", "disconnect"), ("link", "unlink"), ("bind", "unbind"), ("prepare", "unprepare"),
+    ("probe", "remove"), ("insert", "remove"), ("hold", "release"), ("ref", "unref"), ("pin", "unpin"),
+    ("enter", "exit"), ("set", "clear"), ("set", "clr"), ("claim", "release"), ("request", "release"),
+    ("activate", "deactivate"), ("plug", "unplug"), ("block", "unblock"), ("reserve", "unreserve"),
+)
+_OPP = {}
+for _a, _b in _OPPOSITES:
+    _OPP.setdefault(_a, set()).add(_b)
+    _OPP.setdefault(_b, set()).add(_a)
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"_+|(?<=[a-z])(?=[A-Z])", name.lower()) if w]
+
+
+def opposite_jobs(a: str | None, b: str | None) -> bool:
+    """The two function names differ by one word of an opposite pair
+    (`foo_read_reg` / `foo_write_reg`, `port_lock` / `port_unlock`), the
+    word standing alone or as a name's head or tail (`readl`/`writel`,
+    `rxq`/`txq`)."""
+    if not a or not b or a == b:
+        return False
+    wa, wb = _words(a), _words(b)
+    if len(wa) != len(wb):
+        return False
+    diff = [(x, y) for x, y in zip(wa, wb) if x != y]
+    if len(diff) != 1:
+        return False
+    x, y = diff[0]
+    if y in _OPP.get(x, ()):
+        return True
+    for o in _OPP:
+        for p in _OPP[o]:
+            # the pair as the head of the word (readl / writel), or its tail
+            if x.startswith(o) and y.startswith(p) and x[len(o):] == y[len(p):]:
+                return True
+            if x.endswith(o) and y.endswith(p) and x[:-len(o)] == y[:-len(p)]:
+                return True
+    return False
 
 
 def _series_twin(unit, series_units, order, posting):

@@ -173,7 +173,11 @@ class PatchContext:
         with the post-images of the files the series touched up to this
         patch laid over it; None without an index (`reviewbot index`)."""
         from reviewbot.tree import knowledge
-        return knowledge.for_context(self)
+        try:
+            return knowledge.for_context(self)
+        except Exception:           # a broken cache must not stop a review
+            log.debug("knowledge base unreadable", exc_info=True)
+            return None
 
 
 class Rule:

@@ -85,10 +85,7 @@ class FlushUnderLock(Rule):
         kb = None
         for fv, touched, post in lf.touched_files(ctx):
             if kb is None:
-                try:
-                    kb = ctx.knowledge or False
-                except Exception:
-                    kb = False
+                kb = ctx.knowledge or False
             handlers = None
             pre = None
             for fn, changed in touched:
@@ -127,7 +124,7 @@ class FlushUnderLock(Rule):
                     msg = (f"{fn.name}() calls {c.name}() with {lf.display(h)} held (taken at line "
                            f"{h.line}), but the handler it waits for, {hname}(), takes the same lock"
                            + (f" (line {tline})" if tline else "") + ". Can the two deadlock "
-                           f"if the handler is running when this is reached?")
+                           "if the handler is running when this is reached?")
                     related = [Location(fv.path, h.line, f"{lf.display(h)} taken here")]
                     if tline:
                         related.append(Location(fv.path, tline, f"{hname}() takes it"))
@@ -182,7 +179,6 @@ def _takes(info, name: str, kb=None, path=None, depth: int = 2) -> dict[str, int
     (DEPTH levels; the rest of the tree through the knowledge base), with
     the line of one acquisition in this file (0 when further away)."""
     out: dict[str, int] = {}
-    held_keys = None
     seen = set()
     frontier = [name]
     for _ in range(depth + 1):

@@ -164,10 +164,7 @@ class LockOrderInversion(Rule):
         base's lock-order edges, with their witness path)."""
         if e.outer.startswith("?") or e.inner.startswith("?") or e.outer == e.inner:
             return None
-        try:
-            kb = ctx.knowledge
-        except Exception:
-            kb = None
+        kb = ctx.knowledge
         if not kb:
             return None
         witness = kb.order_edge_for_keys(e.inner, e.outer)

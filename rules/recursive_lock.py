@@ -61,10 +61,7 @@ class RecursiveLock(Rule):
         kb = None
         for fv, touched, post in lf.touched_files(ctx):
             if kb is None:
-                try:
-                    kb = ctx.knowledge or False
-                except Exception:
-                    kb = False
+                kb = ctx.knowledge or False
             pre = None
             for fn, changed in touched:
                 now = _sites(post, fn.name, kb, fv.path)

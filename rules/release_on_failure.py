@@ -76,10 +76,7 @@ class ReleaseOnFailure(Rule):
                     rel, support = DOCUMENTED.get(c.name), "its documentation"
                     if rel is None:
                         if kb is None:
-                            try:
-                                kb = ctx.knowledge or False
-                            except Exception:
-                                kb = False
+                            kb = ctx.knowledge or False
                         if not kb or not c.name.endswith(("register", "_add", "init_and_add")):
                             continue
                         got = [r for r in kb.release_on_failure(c.name) if r[1] >= 3 and r[1] * 2 >= r[2]]
@@ -90,7 +87,7 @@ class ReleaseOnFailure(Rule):
                     branch = _failure_branch(c)
                     if branch is None:
                         continue
-                    lo, hi = cparse.line_of(branch), cparse.end_line_of(branch)
+                    lo = cparse.line_of(branch)
                     region = [branch] + _ladder(fn, branch)
                     spans = [(cparse.line_of(r), cparse.end_line_of(r)) for r in region]
                     if c.line not in changed and not any(a <= n <= b for a, b in spans for n in changed):

@@ -111,10 +111,7 @@ class ReleaseRemoved(Rule):
                     if not res or (pf.name, c.name, res) in reported:
                         continue
                     if self._kb is None:
-                        try:
-                            self._kb = ctx.knowledge or False
-                        except Exception:
-                            self._kb = False
+                        self._kb = ctx.knowledge or False
                     got = self._check(fv, pf, post, c, res, shown)
                     if got is not None:
                         reported.add((pf.name, c.name, res))

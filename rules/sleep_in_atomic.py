@@ -60,7 +60,7 @@ class SleepInAtomic(Rule):
         kb = None
         for fv, touched, post in lf.touched_files(ctx):
             if kb is None:
-                kb = _knowledge(ctx)
+                kb = ctx.knowledge or False
             pre = lf.image(fv, "pre")
             for fn, added in touched:
                 yield from self._direct(fv, post, pre, fn, added)
@@ -243,15 +243,6 @@ def _message(fname: str, why: str, h) -> str:
     else:
         where = f"with {lf.display(h)} held (taken by {h.call}())"
     return f"{why} can sleep, but {fname}() calls it {where}. " + _advice(why, h)
-
-
-def _knowledge(ctx):
-    """The tree knowledge base for this patch, or False (none built, or no
-    tree)."""
-    try:
-        return getattr(ctx, "knowledge", None) or False
-    except Exception:
-        return False
 
 
 def _chain_text(chain: list[str]) -> str:

@@ -131,10 +131,14 @@ class OpenCodedHelper(Rule):
 
     # -- no helper removed: the exact compositions
     def _added_only(self, fv, post_funcs, added, done):
-        root = fv.post_tree.root_node
+        # only the top-level items that hold added lines (a big file's other
+        # functions are not searched)
+        items = cparse.items_touching(fv.post_tree, added)
+        if not items:
+            return
         for spec in ADDED_ONLY:
             per_fn: set[str] = set()
-            for m in find_shape(spec.shape, root, added):
+            for m in (m for item in items for m in find_shape(spec.shape, item, added)):
                 if (spec.shape, m.line) in done:
                     continue
                 fn = cparse.function_at(post_funcs, m.line)

@@ -351,16 +351,28 @@ def for_context(ctx) -> "View | None":
     kb = for_tree(getattr(ctx, "tree_path", None), getattr(ctx, "base", None))
     if kb is None:
         return None
+    # one view per series, of the tree as the whole series leaves it: the
+    # files' facts are extracted once (not once per patch for each state a
+    # file goes through)
+    patches = ctx.all_patches or [ctx]
+    key = (id(kb), tuple(id(pc) for pc in patches))
+    got = _VIEWS.get(key)
+    if got is not None and got[0] is patches[0]:
+        return got[1]
     texts: dict[str, str] = {}
-    for pc in (ctx.all_patches or [ctx]):
+    for pc in patches:
         for fv in pc.files:
             if fv.diff.is_c and fv.post is not None:
                 texts[fv.path] = fv.post
             elif fv.diff.is_c and fv.diff.is_deleted:
                 texts[fv.path] = ""
-        if pc is ctx:
-            break
-    return kb.view(texts)
+    view = kb.view(texts)
+    _VIEWS.clear()          # the last series only (a watcher reviews one after another)
+    _VIEWS[key] = (patches[0], view)
+    return view
+
+
+_VIEWS: dict = {}
 
 
 from reviewbot.tree.kbquery import Knowledge, View  # noqa: E402

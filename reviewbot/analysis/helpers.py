@@ -212,6 +212,9 @@ def shape_plain_arith(scope, added):
 
 
 def _calls_named(scope, added, names) -> list:
+    text = scope.text or b""
+    if not any(n.encode() in text for n in names):
+        return []           # none of the names in the scope's text: no call to look at
     return [c for c in _nodes(scope, "call_expression", added) if _call_name(c) in names]
 
 
@@ -771,8 +774,27 @@ SHAPES: dict[str, Callable] = {
 }
 
 
+# text a scope must hold for a shape to be there at all (each group: one of
+# its strings), so that a big file's functions are not walked for nothing
+_GATES: dict[str, tuple[tuple[bytes, ...], ...]] = {
+    "nested-minmax": ((b"min",), (b"max",)), "ternary-minmax": ((b"?",),),
+    "irq_find_mapping": ((b"irq_find_mapping",),), "byte-assembly": ((b"<<",),),
+    "compatible-strcmp": ((b"compatible",),), "dup+control_msg": ((b"usb_control_msg",),),
+    "checked-mul-alloc": ((b"overflow",),), "sizeof-div": ((b"sizeof",), (b"/",)),
+    "frag-address": ((b"frag",),), "find-bit-loop": ((b"find_",),), "atomic-op-then-read": ((b"atomic",),),
+    "skb_put+memcpy": ((b"skb_put",),), "dma-two-masks": ((b"dma_set",),), "mul-alloc": ((b"*",),),
+    "mask-shift": ((b">>", b"<<"),), "div-round-up": ((b"/",),), "one-shift": ((b"<<",),),
+    "swap": ((b"=",),),
+}
+
+
 def find_shape(shape: str, scope, added: set[int]) -> list[Match]:
     """The added expressions of SHAPE within SCOPE (a tree-sitter node)."""
+    gate = _GATES.get(shape)
+    if gate:
+        text = scope.text or b""
+        if not all(any(s in text for s in group) for group in gate):
+            return []
     return SHAPES[shape](scope, added)
 
 

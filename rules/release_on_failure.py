@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from reviewbot.analysis import cparse
+from reviewbot.analysis.rt import any_in_range
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
@@ -16,6 +17,7 @@ DOCUMENTED = {
     "platform_device_add": "platform_device_put", "dev_set_name": "put_device",
     "cdev_device_add": "put_device",
 }
+_WATCHED = frozenset(DOCUMENTED)
 _WEAK = re.compile(r"^(kfree|kvfree|vfree|\w+_del|\w+_free\w*|device_unregister|device_del)$")
 
 
@@ -69,8 +71,12 @@ class ReleaseOnFailure(Rule):
             changed = fv.changed_lines
             if not changed:
                 continue
+            ls = sorted(changed)
             for fn in cparse.functions(fv.post_tree):
-                if not any(fn.start <= n <= fn.end for n in changed):
+                if not any_in_range(ls, fn.start, fn.end):
+                    continue
+                if not fn.call_names & _WATCHED and not (fn.call_names and kb is not False and any(
+                        n.endswith(("register", "_add")) for n in fn.call_names)):
                     continue
                 for c in cparse.calls(fn.node):
                     rel, support = DOCUMENTED.get(c.name), "its documentation"

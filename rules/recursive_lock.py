@@ -73,9 +73,12 @@ class RecursiveLock(Rule):
                 for c, h, path in now:
                     if (c.name, h.key) in before:
                         continue
-                    related_obj = _hands_object(c, h, lf.flow_of(post, fn.name).types)
-                    named = "." not in h.key and not h.key.startswith("?")
-                    conf = "medium" if related_obj or named else "low"
+                    # medium: the same object for sure (same file), or the
+                    # object handed to a function of the tree that locks that class
+                    if getattr(path, "tree", False):
+                        conf = "medium" if _hands_object(c, h, lf.flow_of(post, fn.name).types) else "low"
+                    else:
+                        conf = "medium" if _same_object(post, c, h, path) else "low"
                     if post.shown is not None and conf == "medium" and not post.decided(h.line, c.line):
                         conf = "low"
                     via = "; ".join(path[:3])
@@ -126,9 +129,19 @@ def _callee_takes(info, name, kb, path) -> dict[str, list[str]]:
                 fl = lf.flow_of(info, n)
                 if fl is None:
                     continue
+                dropped: dict[str, int] = {}
+                for rc in fl.calls:
+                    if rc.name in lf.RELEASE:
+                        k = lf.key_of_call(rc.name, lf.RELEASE[rc.name], rc.args, fl.types)[0]
+                        dropped[k] = min(dropped.get(k, rc.line), rc.line)
                 for h, _ in fl.acquires:
+                    if dropped.get(h.key, h.line + 1) < h.line:
+                        continue        # drops the caller's lock first, then retakes it
                     if h.how != "cond" and "nested" not in h.call and not h.call.startswith(("read_", "down_read")):
-                        out.setdefault(h.key, steps + [f"{n}() takes it with {h.call}() at line {h.line}"])
+                        if h.key not in out:
+                            out[h.key] = _Witness(steps + [f"{n}() takes it with {h.call}() at line {h.line}"])
+                            if n == name:
+                                out[h.key].expr = h.expr
                 for c in fl.calls:
                     if c.name in info.byname and c.name not in seen:
                         nxt.append((c.name, steps + [f"{n}() calls {c.name}() at line {c.line}"]))
@@ -136,7 +149,8 @@ def _callee_takes(info, name, kb, path) -> dict[str, list[str]]:
                             and len(steps) < 2:
                         seen.add(c.name)
                         for k, w in _kb_takes(kb, c.name, path, 1).items():
-                            out.setdefault(k, steps + [f"{n}() calls {c.name}() at line {c.line}"] + w)
+                            out.setdefault(k, _Witness(steps + [f"{n}() calls {c.name}() at line {c.line}"] + w,
+                                                       tree=True))
             frontier = nxt
         return out
     if kb:
@@ -150,10 +164,38 @@ def _kb_takes(kb, name, path, depth) -> dict[str, list[str]]:
         for t in kb.locks_taken(name, path, depth=depth):
             if t.get("kind") in ("read", "rcu", "irq", "bh", "preempt"):
                 continue
-            out.setdefault(t["class"], [re.sub(r" \([^()]*:\d+\)", "()", s) for s in t["path"]])
+            out.setdefault(t["class"], _Witness([re.sub(r" \([^()]*:\d+\)", "()", s) for s in t["path"]],
+                                                tree=True))
     except Exception:
         pass
     return out
+
+
+class _Witness(list):
+    """The steps to where a callee takes a lock; .expr: the lock as the
+    callee itself writes it (None when further down); .tree: found through
+    the knowledge base."""
+
+    def __init__(self, steps, tree=False):
+        super().__init__(steps)
+        self.expr = None
+        self.tree = tree
+
+
+def _same_object(info, c, h, w) -> bool:
+    """The callee takes the very lock held here: it locks its own parameter
+    that this call passes the held lock's object in (dentry->d_lock held,
+    the callee locking parent->d_lock is another object of the class)."""
+    if w.expr is None:
+        return False
+    summ = info.summaries.get(c.name)
+    params = summ.params if summ is not None else []
+    base = lf.lock_base(h.expr)
+    theirs = lf.lock_base(w.expr)
+    for i, a in enumerate(c.args):
+        if i < len(params) and re.sub(r"\s+", "", a).lstrip("&") == base and theirs == params[i]:
+            return True
+    return False
 
 
 def _hands_object(c, h, types) -> bool:

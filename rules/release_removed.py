@@ -187,6 +187,11 @@ class ReleaseRemoved(Rule):
         acq = _acquire_of(post_fn, res, fam) or _file_acquire(fv, res, fam)
         if acq is None and anchor is not None:
             acq = _unknown_acquire(post_fn, res, anchor)
+            if acq is None and self._kb:
+                # what RES hangs off, from a call the tree's pairs vouch for
+                got = _unknown_acquire(post_fn, res, anchor, exact=False)
+                if got is not None and _mined(self._kb, got[0], call.name, fam):
+                    acq = got
         if acq is None:
             return None
         if anchor is None or not (post_fn.start <= anchor <= post_fn.end):
@@ -298,16 +303,21 @@ def _derives(res: str, var: str) -> bool:
     return res == var or res.startswith((var + "->", var + "."))
 
 
-def _unknown_acquire(fn, res: str, before: int) -> tuple[str, int, str] | None:
-    """RES (or what it hangs off) assigned from some call before line
-    BEFORE: the deleted release says that call hands out something to
-    give back (how much that is worth, the tree's pairs tell)."""
+_ACCESSOR = re.compile(r"(_priv|drvdata|_data|container_of|^to_\w+|_of)$")
+
+
+def _unknown_acquire(fn, res: str, before: int, exact: bool = True) -> tuple[str, int, str] | None:
+    """RES assigned from some call before line BEFORE (or, not EXACT, what
+    it hangs off): the deleted release says that call hands out something
+    to give back (how much that is worth, the tree's pairs tell).
+    Accessors (netdev_priv(), dev_get_drvdata(), container_of()) hand out
+    nothing."""
     best = None
     for c in cparse.calls(fn.node):
-        if c.line >= before or is_release(c.name):
+        if c.line >= before or is_release(c.name) or _ACCESSOR.search(c.name):
             continue
         var = _assigned(c)
-        if var and _derives(res, var):
+        if var and (var == res if exact else _derives(res, var)):
             best = (c.name, c.line, "value?")
     return best
 
@@ -341,7 +351,10 @@ def _file_acquire(fv, res: str, fam) -> tuple[str, int, str] | None:
             if c.name not in fam or c.name in ITERATOR_PUTS:
                 continue
             var = _assigned(c)
-            if (var is not None and _member(var) == mem) or any(_member(_norm(a)) == mem for a in c.args):
+            # priv->x = acquire(), acquire(&priv->x), or a local named like
+            # the member (phydev = phy_connect(), later dev->phydev)
+            if (var is not None and (_member(var) == mem or var == mem)) or any(
+                    _member(_norm(a)) == mem for a in c.args):
                 return c.name, c.line, "file"
     return None
 

@@ -191,7 +191,7 @@ def _takes(info, name: str, kb=None, path=None, depth: int = 2) -> dict[str, int
             if fl is None:
                 continue
             for h, _ in fl.acquires:
-                if h.key not in lf.PSEUDO and h.how != "guard" or h.how == "guard":
+                if h.key not in lf.PSEUDO or h.how == "guard":
                     out.setdefault(h.key, h.line if n == name else 0)
             for c in fl.calls:
                 if c.name in info.byname:

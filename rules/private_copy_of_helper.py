@@ -102,10 +102,7 @@ class PrivateCopyOfHelper(Rule):
     def _body_alike(self, ctx, p, h) -> bool:
         """P's tokens are found, in order, in H's definition (through the
         tree's knowledge base, when there is one)."""
-        try:
-            kb = ctx.knowledge
-        except Exception:       # no index, or it cannot be opened: say less
-            return False
+        kb = ctx.knowledge       # None without an index (or an unreadable one)
         if kb is None or ctx.tree_reader is None:
             return False
         defs = [d for d in kb.definitions(h) if not d.get("macro") and not d.get("stub")]

@@ -69,7 +69,7 @@ class RecursiveLock(Rule):
                     continue
                 if pre is None:
                     pre = lf.image(fv, "pre")
-                before = {(c.name, h.key) for c, h, _ in _sites(pre, fn.name, kb, fv.path, cheap=True)}
+                before = {(c.name, h.key) for c, h, _ in _sites(pre, fn.name, kb, fv.path)}
                 for c, h, path in now:
                     if (c.name, h.key) in before:
                         continue
@@ -89,7 +89,7 @@ class RecursiveLock(Rule):
                                        related=[Location(fv.path, h.line, f"{lf.display(h)} taken here")])
 
 
-def _sites(info, name, kb, path, cheap=False):
+def _sites(info, name, kb, path):
     """(call, held lock, witness) for calls made with a lock held whose
     callee takes that lock's class."""
     fl = lf.lock_flow(info, name)

@@ -217,9 +217,8 @@ class ReleaseRemoved(Rule):
                f"but {res} is still taken by {acq_name}() {where} (line {acq_line}){support}, and {path} "
                f"without releasing it. Is it leaked there now, or is it released somewhere "
                f"this patch does not show?")
-        line = anchor if anchor in added or not added else anchor
         conf = "low" if how == "value?" else "medium"
-        return self.finding(fv.path, line, msg, confidence=conf,
+        return self.finding(fv.path, anchor, msg, confidence=conf,
                             related=[Location(fv.path, acq_line, f"{acq_name}() takes it"),
                                      Location(fv.path, exit_line, "leaves without releasing")])
 

@@ -3,8 +3,6 @@ CONFIG_PREEMPT_RT conditional, a *_HARD hrtimer mode, IRQ_WORK_INIT_HARD,
 or a generic_handle_*_safe() demultiplexing call."""
 from __future__ import annotations
 
-import re
-
 from reviewbot.analysis import cparse
 from reviewbot.analysis.lazy import LazyPattern
 from reviewbot.engine import PatchContext, Rule

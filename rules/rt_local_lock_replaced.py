@@ -4,7 +4,7 @@ section around code that sleeps on PREEMPT_RT."""
 from __future__ import annotations
 
 from reviewbot.analysis import cparse
-from reviewbot.analysis.rt import functions_touched, release_matches, walk_held
+from reviewbot.analysis.rt import functions_touched, walk_held
 from reviewbot.analysis.rtctx import LOCAL_LOCKS, sleeping_actions, takes_rt_sleeping
 from reviewbot.analysis.rulekit import matches_any
 from reviewbot.engine import PatchContext, Rule

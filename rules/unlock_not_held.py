@@ -1,6 +1,7 @@
 """unlock-not-held (LCK007): a lock released on a path where it is not held."""
 from __future__ import annotations
 
+from reviewbot.analysis import cparse
 from reviewbot.analysis import lockflow as lf
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
@@ -127,7 +128,6 @@ def _unheld(fl) -> list[tuple[str, int, int | None]]:
 
 
 def _jumps_back(fl) -> bool:
-    from reviewbot.analysis import cparse
     labels = {}
     gotos = []
     for n in cparse.walk(fl.fn.node):

@@ -115,8 +115,8 @@ def _review_mbox(data, opts, want_msgid, timer, progress, rules) -> Result:
                 session = applymod.TreeSession(opts.tree, None)
                 if opts.base:
                     base = session.resolve(opts.base)
-                elif ser.base_commit and session.has_commit(ser.base_commit):
-                    base = session.resolve(ser.base_commit)
+                elif ser.base_commit and (found := session.commit_of(ser.base_commit)):
+                    base = found
                 else:
                     base = session.base
                     if ser.base_commit:

@@ -136,9 +136,10 @@ class OpenCodedHelper(Rule):
         items = cparse.items_touching(fv.post_tree, added)
         if not items:
             return
+        texts = [(item, item.text or b"") for item in items]     # each item's text read once
         for spec in ADDED_ONLY:
             per_fn: set[str] = set()
-            for m in (m for item in items for m in find_shape(spec.shape, item, added)):
+            for m in (m for item, text in texts for m in find_shape(spec.shape, item, added, text)):
                 if (spec.shape, m.line) in done:
                     continue
                 fn = cparse.function_at(post_funcs, m.line)

@@ -72,9 +72,11 @@ class RtLocalLockReplaced(Rule):
                 continue
             added = fv.added_lines
             for fn, pre_fn in functions_touched(fv):
-                post_calls = cparse.calls(fn.node)
+                # most functions call none of STRONG: their calls are not listed
+                post_calls = cparse.calls(fn.node) if cparse.calls_any(fn.node, STRONG) else []
                 new_strong = [c for c in post_calls if c.name in STRONG and c.line in added]
-                pre_weak = _count(cparse.calls(pre_fn.node), WEAK) if pre_fn is not None else 0
+                pre_weak = (_count(cparse.calls(pre_fn.node), WEAK)
+                            if new_strong and pre_fn is not None else 0)
                 if new_strong and pre_weak > _count(post_calls, WEAK):
                     gone = next(c.name for c in cparse.calls(pre_fn.node) if c.name in WEAK)
                     yield self._replaced(fv, fn, new_strong[0], gone)

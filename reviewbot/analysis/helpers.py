@@ -788,11 +788,13 @@ _GATES: dict[str, tuple[tuple[bytes, ...], ...]] = {
 }
 
 
-def find_shape(shape: str, scope, added: set[int]) -> list[Match]:
-    """The added expressions of SHAPE within SCOPE (a tree-sitter node)."""
+def find_shape(shape: str, scope, added: set[int], text: bytes | None = None) -> list[Match]:
+    """The added expressions of SHAPE within SCOPE (a tree-sitter node;
+    TEXT, its text when the caller has it already)."""
     gate = _GATES.get(shape)
     if gate:
-        text = scope.text or b""
+        if text is None:
+            text = scope.text or b""
         if not all(any(s in text for s in group) for group in gate):
             return []
     return SHAPES[shape](scope, added)

@@ -128,9 +128,13 @@ class TreeSession:
             "GIT_CONFIG_KEY_1": "core.fsmonitor", "GIT_CONFIG_VALUE_1": "false",
             "GIT_CONFIG_KEY_2": "gc.auto", "GIT_CONFIG_VALUE_2": "0",
         })
-        if base is None and not self.has_commit("HEAD"):
-            raise TreeError(f"--tree {tree}: no commits to apply onto (HEAD does not resolve)")
-        self.base = self.resolve(base or "HEAD")
+        if base is None:
+            head = self.commit_of("HEAD")
+            if head is None:
+                raise TreeError(f"--tree {tree}: no commits to apply onto (HEAD does not resolve)")
+            self.base = head
+        else:
+            self.base = self.resolve(base)
         self._current: str | None = None
 
     # -- plumbing --------------------------------------------------------
@@ -148,16 +152,20 @@ class TreeSession:
             raise TreeError(f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
         return proc
 
-    def has_commit(self, rev: str) -> bool:
-        return self.git("cat-file", "-e", f"{rev}^{{commit}}", check=False).returncode == 0
+    def commit_of(self, rev: str) -> str | None:
+        """The commit id REV names, or None when it names none here."""
+        if rev.startswith("-"):
+            return None
+        proc = self.git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
+        return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
     def resolve(self, rev: str) -> str:
         if rev.startswith("-"):
             raise TreeError(f"--base {rev!r}: not a revision")
-        proc = self.git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
-        if proc.returncode != 0:
+        got = self.commit_of(rev)
+        if got is None:
             raise TreeError(f"--base {rev}: unknown revision in {self.path}")
-        return proc.stdout.decode().strip()
+        return got
 
     def tree_of(self, commit: str) -> str:
         return self.git("rev-parse", f"{commit}^{{tree}}").stdout.decode().strip()
@@ -201,7 +209,8 @@ class TreeSession:
         if paths is None:
             self.git("read-tree", self.tree_of(commit))
         else:
-            self.git("read-tree", "--empty")
+            if os.path.exists(self.index):
+                os.unlink(self.index)       # an empty index: none at all
             if paths:
                 listing = self.git("ls-tree", "-r", "-z", "--full-tree", commit, "--",
                                    *sorted(set(paths))).stdout

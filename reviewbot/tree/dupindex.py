@@ -325,6 +325,28 @@ def _git_dir(repo: str) -> str:
     return str(p)
 
 
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_COMMIT_TREE: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def commit_and_tree(repo_env: dict, commit: str) -> tuple[str, str]:
+    """(commit id, tree id) of revision COMMIT, in one git call; a full
+    commit id's answer is kept (it cannot change), so the duplicate index
+    and the knowledge base of one review share it."""
+    key = (repo_env.get("GIT_DIR", ""), commit)
+    got = _COMMIT_TREE.get(key)
+    if got is None:
+        if commit.startswith("-"):
+            raise RuntimeError(f"git rev-parse: {commit!r} is not a revision")
+        out = _git(repo_env, "rev-parse", f"{commit}^{{commit}}", f"{commit}^{{tree}}").decode().split()
+        if len(out) != 2:
+            raise RuntimeError(f"git rev-parse: {commit}: unexpected answer")
+        got = (out[0], out[1])
+        if _HEX40.fullmatch(commit):
+            _COMMIT_TREE[key] = got
+    return got
+
+
 def _git(repo_env: dict, *args: str) -> bytes:
     proc = subprocess.run(["git", *args], env=repo_env, capture_output=True)
     if proc.returncode != 0:
@@ -683,8 +705,7 @@ class DupIndex:
         delta on a cached full index (<= MAX_DELTA changed files), else
         built from scratch when BUILD (None otherwise)."""
         env = git_env(repo)
-        commit = _git(env, "rev-parse", "--verify", f"{commit}^{{commit}}").decode().strip()
-        tree = _git(env, "rev-parse", f"{commit}^{{tree}}").decode().strip()
+        commit, tree = commit_and_tree(env, commit)
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         got = _cached_segments(cache, tree)

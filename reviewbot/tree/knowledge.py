@@ -172,9 +172,7 @@ def _run(procs, env, fn, tasks, wrappers=None):
 
 
 def _rev(env, commit):
-    commit = dx._git(env, "rev-parse", "--verify", f"{commit}^{{commit}}").decode().strip()
-    tree = dx._git(env, "rev-parse", f"{commit}^{{tree}}").decode().strip()
-    return commit, tree
+    return dx.commit_and_tree(env, commit)
 
 
 def build(repo: str, commit: str = "HEAD", cache_dir=None, procs: int = 2, progress=None) -> Path:

@@ -221,14 +221,16 @@ def _demotions(files) -> dict[str, tuple[str, int]]:
     spinlock_t one -> (path, added line)."""
     raw, spin = set(), {}
     for fv in files:
-        for h in fv.diff.hunks:
-            for ln in h.lines:
-                if ln.kind == "-":
-                    for m in _RAW_DECL.finditer(ln.text):
-                        raw.add(m.group(1) or m.group(2))
-                elif ln.kind == "+" and ln.new_no:
-                    for m in _SPIN_DECL.finditer(ln.text):
-                        spin.setdefault(m.group(1) or m.group(2), (fv.path, ln.new_no))
+        for ln in fv.diff.removed():
+            for m in _RAW_DECL.finditer(ln.text):
+                raw.add(m.group(1) or m.group(2))
+    if not raw:
+        return {}           # no raw_spinlock_t declaration removed (a file added whole)
+    for fv in files:
+        for ln in fv.diff.added():
+            if ln.new_no:
+                for m in _SPIN_DECL.finditer(ln.text):
+                    spin.setdefault(m.group(1) or m.group(2), (fv.path, ln.new_no))
     return {n: where for n, where in spin.items() if n in raw}
 
 

@@ -283,7 +283,10 @@ def run(rules: list[Rule], contexts: list[PatchContext], only: set[str] | None =
 def _dedupe(fs: list[Finding]) -> list[Finding]:
     seen = set()
     out = []
-    for f in sorted(fs, key=lambda f: (f.path or "", f.line or 0, f.rule)):
+    # the message last: two findings of one rule on one line come out in the
+    # same order whatever order the rule found them in (set order varies
+    # from one process to the next)
+    for f in sorted(fs, key=lambda f: (f.path or "", f.line or 0, f.rule, f.message)):
         k = (f.rule, f.path, f.line, f.message)
         if k not in seen:
             seen.add(k)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from reviewbot.analysis import callee_locks as cl
 from reviewbot.analysis import cparse
 from reviewbot.analysis import lockflow as lf
 from reviewbot.engine import PatchContext, Rule
@@ -82,54 +83,179 @@ class FlushUnderLock(Rule):
     confidence = "medium"
 
     def check_patch(self, ctx: PatchContext):
-        kb = None
-        for fv, touched, post in lf.touched_files(ctx):
-            if kb is None:
-                kb = ctx.knowledge or False
-            handlers = None
-            pre = None
+        files = list(lf.touched_files(ctx))
+        if not files:
+            return
+        kb = ctx.knowledge or None
+        setups = _Setups(ctx)
+        for fv, touched, post in files:
             for fn, changed in touched:
-                fl = lf.lock_flow(post, fn.name)
+                if not fn.call_names.isdisjoint(WAITS):
+                    yield from self._waits(fv, fn, post, setups, kb)
+                if setups.targets_of(fn.name, fv.path):
+                    yield from self._handler_takes_more(fv, fn, changed, post, setups, kb)
+
+    # -- a wait the patch adds (or moves under a lock)
+    def _waits(self, fv, fn, post, setups, kb):
+        fl = lf.flow_of(post, fn.name)
+        if fl is None:
+            return
+        pre = above = None
+        for c in fl.calls:
+            kind = WAITS.get(c.name)
+            if kind is None or not c.args:
+                continue
+            target = _member(c.args[0])
+            handlers = [h for h in setups.handlers(kind, target) if h[0] != fn.name]
+            if not handlers:
+                continue
+            held = [h for h in lf.must_held(c.states) if h.key not in lf.PSEUDO and h.how != "cond"]
+            if pre is None:
+                pre = lf.image(fv, "pre")
+            for hname, hfv in handlers:
+                takes = setups.takes(hname, hfv, kb)
+                hit = [h for h in held if cl.find(takes, h.key) is not None]
+                if hit:
+                    if _was_there(pre, fn.name, c.name, target, {h.key for h in hit}):
+                        break
+                    h = max(hit, key=lambda h: h.line)
+                    t = cl.find(takes, h.key)
+                    msg = (f"{fn.name}() calls {c.name}() with {lf.display(h)} held (taken at line "
+                           f"{h.line}), but the handler it waits for, {hname}(), takes the same lock"
+                           + (f" (line {t.line})" if t.line and hfv is fv else
+                              ": " + " -> ".join(t.steps) if len(t.steps) > 1 else "")
+                           + ". Can the two deadlock if the handler is running when this is reached?")
+                    related = [Location(fv.path, h.line, f"{lf.display(h)} taken here")]
+                    if t.line:
+                        related.append(Location(hfv.path, t.line, f"{hname}() takes it"))
+                    conf = "high" if c.line in fv.added_lines and h.stable else "medium"
+                    yield self.finding(fv.path, c.line, msg, related=related, confidence=conf)
+                    return
+                # the lock may be held by the callers: only for a wait the
+                # function did not make before
+                if c.line not in fv.added_lines or _waited_before(pre, fn.name, c.name, target):
+                    continue
+                if above is None:
+                    above = cl.held_above(kb, fn.name, fv.path) if kb else {}
+                for cls, ha in above.items():
+                    t = cl.find(takes, cls)
+                    if t is None or _dropped_before(fl, c.line, cls, kb):
+                        continue
+                    msg = (f"{fn.name}() now waits for {hname}() with {c.name}(), and is called with "
+                           f"{cls} held: " + " -> ".join(ha.steps) + f". The handler takes the same lock: "
+                           + " -> ".join(t.steps) + ". Can the wait deadlock against a running handler?")
+                    related = [Location(ha.path, ha.line, f"{ha.caller}() holds {cls}")]
+                    if t.line:
+                        related.append(Location(hfv.path, t.line, f"{hname}() takes it"))
+                    yield self.finding(fv.path, c.line, msg, related=related, confidence="medium")
+                    return
+
+    # -- a handler the patch makes take a lock its waiters hold
+    def _handler_takes_more(self, fv, fn, changed, post, setups, kb):
+        takes = setups.takes(fn.name, fv, kb)
+        if not takes:
+            return
+        pre = lf.image(fv, "pre")
+        before = cl.taken_by(pre, fn.name, kb, fv.path) if fn.name in pre.byname else {}
+        new = {k: t for k, t in takes.items() if cl.find(before, k) is None and t.at in changed}
+        if not new:
+            return
+        for kind, member in setups.targets_of(fn.name, fv.path):
+            for wfv, wname, c in setups.waits(kind, member):
+                if wname == fn.name:
+                    continue
+                winfo = lf.image(wfv, "post")
+                wfl = lf.flow_of(winfo, wname)
+                held = [h for h in lf.must_held(c.states) if h.key not in lf.PSEUDO and h.how != "cond"]
+                for h in held:
+                    t = cl.find(new, h.key)
+                    if t is not None:
+                        yield self._gain_finding(fv, fn.name, t, wfv, wname, c,
+                                                 f"with {lf.display(h)} held (line {h.line})",
+                                                 Location(wfv.path, h.line, f"{lf.display(h)} taken here"))
+                        return
+                above = cl.held_above(kb, wname, wfv.path) if kb else {}
+                for cls, ha in above.items():
+                    t = cl.find(new, cls)
+                    if t is None or (wfl is not None and _dropped_before(wfl, c.line, cls, kb)):
+                        continue
+                    yield self._gain_finding(fv, fn.name, t, wfv, wname, c,
+                                             "and is reached with it held: " + " -> ".join(ha.steps),
+                                             Location(ha.path, ha.line, f"{ha.caller}() holds {cls}"))
+                    return
+
+    def _gain_finding(self, fv, hname, t, wfv, wname, c, how, where):
+        line = t.line or t.at
+        msg = (f"{hname}() is a deferred handler, and with this change it takes {t.key}"
+               + (": " + " -> ".join(t.steps) if len(t.steps) > 1 else f" (line {line})")
+               + f". {wname}() waits for it with {c.name}() (line {c.line}) {how}. "
+               "Can the wait deadlock against a running handler?")
+        related = [Location(wfv.path, c.line, f"{wname}() waits for {hname}() here"), where]
+        return self.finding(fv.path, line, msg, related=related, confidence="medium")
+
+
+GENERIC_MEMBERS = {"work", "dwork", "w", "timer", "task", "tasklet", "wq"}
+
+
+class _Setups:
+    """The deferred functions set up in the C files of the patch (post-
+    images), what waits for them, and the locks they take."""
+
+    def __init__(self, ctx: PatchContext):
+        self.ctx = ctx
+        self._by_file = None
+        self._takes: dict = {}
+
+    def _files(self):
+        if self._by_file is None:
+            self._by_file = []
+            for fv in self.ctx.c_files():
+                if fv.post_tree is not None:
+                    self._by_file.append((fv, _handlers(fv.post_tree)))
+        return self._by_file
+
+    def handlers(self, kind: str, member: str) -> list[tuple[str, object]]:
+        """(handler, file view) pairs set up for KIND/MEMBER; a generic
+        member name (`work`) only when one handler goes with it."""
+        out = []
+        for fv, hmap in self._files():
+            for h in hmap.get((kind, member), ()):
+                if (h, fv) not in out:
+                    out.append((h, fv))
+        if member in GENERIC_MEMBERS and len({h for h, _ in out}) > 1:
+            return []
+        return out
+
+    def targets_of(self, name: str, path: str) -> list[tuple[str, str]]:
+        """(kind, member) pairs NAME (of PATH) is the handler of."""
+        out = []
+        for fv, hmap in self._files():
+            for key, hs in hmap.items():
+                if name in hs and key not in out and (fv.path == path or key[0] == "wq"):
+                    if self.handlers(*key):
+                        out.append(key)
+        return out
+
+    def waits(self, kind: str, member: str):
+        """(file view, function name, call event) of every wait for
+        KIND/MEMBER in the post-images of the patch's C files."""
+        for fv, _ in self._files():
+            info = lf.image(fv, "post")
+            for f in info.functions:
+                if f.call_names.isdisjoint(WAITS):
+                    continue
+                fl = lf.flow_of(info, f.name)
                 if fl is None:
                     continue
                 for c in fl.calls:
-                    kind = WAITS.get(c.name)
-                    if kind is None or not c.args:
-                        continue
-                    held = [h for h in lf.must_held(c.states)
-                            if h.key not in lf.PSEUDO and h.how != "cond"]
-                    if not held:
-                        continue
-                    if handlers is None:
-                        handlers = _handlers(fv.post_tree)
-                    target = _member(c.args[0])
-                    found = None
-                    for hname in handlers.get((kind, target), ()):
-                        if hname == fn.name:
-                            continue
-                        takes = _takes(post, hname, kb, fv.path)
-                        hit = [h for h in held if h.key in takes]
-                        if hit:
-                            found = (hname, takes, hit)
-                            break
-                    if found is None:
-                        continue
-                    hname, takes, hit = found
-                    if pre is None:
-                        pre = lf.image(fv, "pre")
-                    if _was_there(pre, fn.name, c.name, target, {h.key for h in hit}):
-                        continue
-                    h = max(hit, key=lambda h: h.line)
-                    tline = takes[h.key]
-                    msg = (f"{fn.name}() calls {c.name}() with {lf.display(h)} held (taken at line "
-                           f"{h.line}), but the handler it waits for, {hname}(), takes the same lock"
-                           + (f" (line {tline})" if tline else "") + ". Can the two deadlock "
-                           "if the handler is running when this is reached?")
-                    related = [Location(fv.path, h.line, f"{lf.display(h)} taken here")]
-                    if tline:
-                        related.append(Location(fv.path, tline, f"{hname}() takes it"))
-                    conf = "high" if c.line in fv.added_lines and h.stable else "medium"
-                    yield self.finding(fv.path, c.line, msg, related=related, confidence=conf)
+                    if WAITS.get(c.name) == kind and c.args and _member(c.args[0]) == member:
+                        yield fv, f.name, c
+
+    def takes(self, name: str, fv, kb) -> dict:
+        key = (name, fv.path)
+        if key not in self._takes:
+            self._takes[key] = cl.taken_by(lf.image(fv, "post"), name, kb, fv.path)
+        return self._takes[key]
 
 
 def _handlers(tree) -> dict[tuple[str, str], list[str]]:
@@ -137,7 +263,7 @@ def _handlers(tree) -> dict[tuple[str, str], list[str]]:
     the set-up calls and `.function = fn` assignments of the file; ("wq",
     member of a workqueue) -> the handlers of the works queued on it."""
     out: dict[tuple[str, str], list[str]] = {}
-    queued: list[tuple[str, str]] = []      # (workqueue member, work member)
+    queued: list[tuple[str, str, str | None]] = []   # (workqueue member, work member, handler set up beside)
     by_name = {}
     for kind, setups in SETUPS.items():
         for name, obj_i, fn_i in setups:
@@ -146,12 +272,14 @@ def _handlers(tree) -> dict[tuple[str, str], list[str]]:
         if f.call_names.isdisjoint(by_name) and b".function" not in (f.node.text or b"") \
                 and b"queue_" not in (f.node.text or b""):
             continue
+        here: dict[str, str] = {}           # work expression -> handler, set up in this function
         for c in cparse.calls(f.node):
             if c.name in ("queue_work", "queue_delayed_work", "mod_delayed_work", "queue_work_on",
                           "queue_delayed_work_on") and len(c.args) >= 2:
                 i = 1 if c.name.endswith("_on") else 0
                 if len(c.args) > i + 1:
-                    queued.append((_member(c.args[i]), _member(c.args[i + 1])))
+                    work = re.sub(r"\s+", "", c.args[i + 1]).lstrip("&")
+                    queued.append((_member(c.args[i]), _member(c.args[i + 1]), here.get(work)))
             for kind, obj_i, fn_i in by_name.get(c.name, ()):
                 if len(c.args) <= fn_i:
                     continue
@@ -165,57 +293,15 @@ def _handlers(tree) -> dict[tuple[str, str], list[str]]:
                         out.setdefault((kind, _member(cparse.node_text(left))), []).append(handler)
                     continue
                 out.setdefault((kind, _member(c.args[obj_i])), []).append(handler)
+                here[re.sub(r"\s+", "", c.args[obj_i]).lstrip("&")] = handler
         for m in re.finditer(rb"([\w>.-]+)\.function\s*=\s*(\w+)\s*;", f.node.text or b""):
             out.setdefault(("hrtimer", _member(m.group(1).decode())), []).append(m.group(2).decode())
-    for wq, work in queued:
-        for kind in ("work", "dwork"):
-            for h in out.get((kind, work), ()):
-                out.setdefault(("wq", wq), []).append(h)
-    return out
-
-
-def _takes(info, name: str, kb=None, path=None, depth: int = 2) -> dict[str, int]:
-    """Lock keys a function takes, itself or through same-file callees
-    (DEPTH levels; the rest of the tree through the knowledge base), with
-    the line of one acquisition in this file (0 when further away)."""
-    out: dict[str, int] = {}
-    seen = set()
-    frontier = [name]
-    for _ in range(depth + 1):
-        nxt = []
-        for n in frontier:
-            if n in seen:
-                continue
-            seen.add(n)
-            fl = lf.flow_of(info, n)
-            if fl is None:
-                continue
-            for h, _ in fl.acquires:
-                if h.key not in lf.PSEUDO or h.how == "guard":
-                    out.setdefault(h.key, h.line if n == name else 0)
-            for c in fl.calls:
-                if c.name in info.byname:
-                    nxt.append(c.name)
-                elif kb and c.name not in seen and c.name not in lf.ACQUIRE and c.name not in lf.RELEASE:
-                    seen.add(c.name)
-                    try:
-                        for t in kb.locks_taken(c.name, path, depth=1):
-                            if t.get("kind") not in ("rcu", "irq", "bh", "preempt"):
-                                out.setdefault(t["class"], 0)
-                    except Exception:
-                        pass
-        frontier = nxt
-    return _with_keys(out)
-
-
-def _with_keys(out: dict[str, int]) -> dict[str, int]:
-    """The knowledge base's classes (`struct t.f`) also under the names the
-    lock flow gives them (`t.f`, or `f` for a field named after its lock)."""
-    for cls, line in list(out.items()):
-        if cls.startswith("struct "):
-            short = cls[len("struct "):]
-            out.setdefault(short, line)
-            out.setdefault(short.rsplit(".", 1)[-1], line)
+    for wq, work, h in queued:
+        hs = [h] if h else [x for kind in ("work", "dwork") for x in out.get((kind, work), ())]
+        if not h and work in GENERIC_MEMBERS and len(set(hs)) > 1:
+            continue        # which of the works named `work` is it?
+        lst = out.setdefault(("wq", wq), [])
+        lst.extend(x for x in hs if x not in lst)
     return out
 
 
@@ -227,4 +313,29 @@ def _was_there(pre, fn_name: str, call: str, target: str, keys: set[str]) -> boo
         if c.name == call and c.args and _member(c.args[0]) == target:
             if keys & {h.key for h in lf.must_held(c.states)}:
                 return True
+    return False
+
+
+def _waited_before(pre, fn_name: str, call: str, target: str) -> bool:
+    """Whether the pre-image of the function already made this wait."""
+    fl = lf.flow_of(pre, fn_name)
+    return fl is not None and any(c.name == call and c.args and _member(c.args[0]) == target
+                                  for c in fl.calls)
+
+
+def _dropped_before(fl, line: int, cls: str, kb) -> bool:
+    """Whether the function releases lock CLS before LINE (the callers'
+    lock dropped around the wait: `rtnl_unlock(); flush_work(); rtnl_lock();`)."""
+    for c in fl.calls:
+        if c.line >= line:
+            break
+        if c.name in lf.RELEASE:
+            key = lf.key_of_call(c.name, lf.RELEASE[c.name], c.args, fl.types)[0]
+            if cl.same_lock(key, cls):
+                return True
+        elif kb:
+            ops = kb.lock_wrapper(c.name) or ()
+            for op, what, _ in ops:
+                if op == "r" and (what.startswith("@") or cl.same_lock(what, cls)):
+                    return True
     return False

@@ -18,7 +18,13 @@ WAITS = {
     "kthread_cancel_work_sync": "kwork", "kthread_flush_work": "kwork",
     "kthread_cancel_delayed_work_sync": "kdwork",
     "flush_workqueue": "wq", "drain_workqueue": "wq", "destroy_workqueue": "wq",
+    # removing a procfs entry waits for the callbacks in flight on it (and
+    # calls .proc_release of the files still open): proc_entry_rundown()
+    "proc_remove": "proc", "remove_proc_entry": "proc", "remove_proc_subtree": "proc",
 }
+ANY_TARGET = {"proc"}        # the handlers of these do not hang off the argument
+WAITED = {"proc": "{call}() waits for the procfs callbacks running on the entry, and {h}(), a struct "
+                  "proc_ops callback of this file, takes the same lock"}
 SETUPS = {
     "work": (("INIT_WORK", 0, 1), ("INIT_WORK_ONSTACK", 0, 1), ("__INIT_WORK", 0, 1)),
     "dwork": (("INIT_DELAYED_WORK", 0, 1), ("INIT_DEFERRABLE_WORK", 0, 1)),
@@ -106,12 +112,23 @@ class FlushUnderLock(Rule):
             if kind is None or not c.args:
                 continue
             target = _member(c.args[0])
-            handlers = [h for h in setups.handlers(kind, target) if h[0] != fn.name]
+            handlers = [h for h in setups.handlers(kind, "*" if kind in ANY_TARGET else target)
+                        if h[0] != fn.name]
             if not handlers:
                 continue
             held = [h for h in lf.must_held(c.states) if h.key not in lf.PSEUDO and h.how != "cond"]
             if pre is None:
                 pre = lf.image(fv, "pre")
+            if kind in ("work", "dwork", "kwork", "kdwork"):
+                guard = _self_guard_dropped(pre, fn, c, target)
+                if guard:
+                    hname = handlers[0][0]
+                    msg = (f"Before this change {fn.name}() only called {c.name}() when it was not "
+                           f"running from that work itself ({guard}); now it always waits. If "
+                           f"{fn.name}() is reached from the work's handler, {hname}(), the work waits "
+                           "for its own completion. Is that path impossible now?")
+                    yield self.finding(fv.path, c.line, msg, confidence="medium")
+                    continue
             for hname, hfv in handlers:
                 takes = setups.takes(hname, hfv, kb)
                 hit = [h for h in held if cl.find(takes, h.key) is not None]
@@ -120,15 +137,17 @@ class FlushUnderLock(Rule):
                         break
                     h = max(hit, key=lambda h: h.line)
                     t = cl.find(takes, h.key)
+                    waited = WAITED.get(kind, "the handler it waits for, {h}(), takes the same lock")
                     msg = (f"{fn.name}() calls {c.name}() with {lf.display(h)} held (taken at line "
-                           f"{h.line}), but the handler it waits for, {hname}(), takes the same lock"
+                           f"{h.line}), but " + waited.format(call=c.name, h=hname)
                            + (f" (line {t.line})" if t.line and hfv is fv else
                               ": " + " -> ".join(t.steps) if len(t.steps) > 1 else "")
                            + ". Can the two deadlock if the handler is running when this is reached?")
                     related = [Location(fv.path, h.line, f"{lf.display(h)} taken here")]
                     if t.line:
                         related.append(Location(hfv.path, t.line, f"{hname}() takes it"))
-                    conf = "high" if c.line in fv.added_lines and h.stable else "medium"
+                    conf = "high" if c.line in fv.added_lines and h.stable and kind not in ANY_TARGET \
+                        else "medium"
                     yield self.finding(fv.path, c.line, msg, related=related, confidence=conf)
                     return
                 # the lock may be held by the callers: only for a wait the
@@ -141,9 +160,14 @@ class FlushUnderLock(Rule):
                     t = cl.find(takes, cls)
                     if t is None or _dropped_before(fl, c.line, cls, kb):
                         continue
-                    msg = (f"{fn.name}() now waits for {hname}() with {c.name}(), and is called with "
-                           f"{cls} held: " + " -> ".join(ha.steps) + f". The handler takes the same lock: "
-                           + " -> ".join(t.steps) + ". Can the wait deadlock against a running handler?")
+                    if kind in ANY_TARGET:
+                        waits = (f"now calls {c.name}(), which waits for the callbacks running on the "
+                                 f"entry, such as {hname}(),")
+                    else:
+                        waits = f"now waits for {hname}() with {c.name}(),"
+                    msg = (f"{fn.name}() {waits} and is called with {cls} held: " + " -> ".join(ha.steps)
+                           + f". {hname}() takes the same lock: " + " -> ".join(t.steps)
+                           + ". Can the wait deadlock against a running handler?")
                     related = [Location(ha.path, ha.line, f"{ha.caller}() holds {cls}")]
                     if t.line:
                         related.append(Location(hfv.path, t.line, f"{hname}() takes it"))
@@ -218,8 +242,9 @@ class _Setups:
         """(handler, file view) pairs set up for KIND/MEMBER; a generic
         member name (`work`) only when one handler goes with it."""
         out = []
+        kinds = ("work", "dwork") if kind in ("work", "dwork") else (kind,)
         for fv, hmap in self._files():
-            for h in hmap.get((kind, member), ()):
+            for h in (x for k in kinds for x in hmap.get((k, member), ())):
                 if (h, fv) not in out:
                     out.append((h, fv))
         if member in GENERIC_MEMBERS and len({h for h, _ in out}) > 1:
@@ -296,6 +321,10 @@ def _handlers(tree) -> dict[tuple[str, str], list[str]]:
                 here[re.sub(r"\s+", "", c.args[obj_i]).lstrip("&")] = handler
         for m in re.finditer(rb"([\w>.-]+)\.function\s*=\s*(\w+)\s*;", f.node.text or b""):
             out.setdefault(("hrtimer", _member(m.group(1).decode())), []).append(m.group(2).decode())
+    for ini in cparse.struct_initializers(tree):
+        if ini.struct == "proc_ops":
+            lst = out.setdefault(("proc", "*"), [])
+            lst.extend(v for _, v, _ in ini.members if re.match(r"^\w+$", v) and v not in lst)
     for wq, work, h in queued:
         hs = [h] if h else [x for kind in ("work", "dwork") for x in out.get((kind, work), ())]
         if not h and work in GENERIC_MEMBERS and len(set(hs)) > 1:
@@ -339,3 +368,36 @@ def _dropped_before(fl, line: int, cls: str, kb) -> bool:
                 if op == "r" and (what.startswith("@") or cl.same_lock(what, cls)):
                     return True
     return False
+
+
+def _self_guards(fn_node, target: str, before: int) -> list[str]:
+    """`current_work() != &x->target...` tests of the work TARGET made in a
+    function up to line BEFORE (the wait skipped when running from the work)."""
+    out = []
+    for c in cparse.calls(fn_node):
+        if c.name != "current_work" or c.line > before:
+            continue
+        par = c.node.parent
+        while par is not None and par.type == "parenthesized_expression":
+            par = par.parent
+        if par is not None and par.type == "binary_expression":
+            text = re.sub(r"\s+", " ", cparse.node_text(par))
+            if re.search(r"(->|\.)" + re.escape(target) + r"\b", text):
+                out.append(text)
+    return out
+
+
+def _self_guard_dropped(pre, fn, c, target: str) -> str | None:
+    """The guard of the pre-image's wait for the same work, when the post-
+    image waits without one."""
+    if _self_guards(fn.node, target, c.line):
+        return None
+    pf = pre.byname.get(fn.name)
+    if pf is None:
+        return None
+    for pc in cparse.calls(pf.node):
+        if pc.name == c.name and pc.args and _member(pc.args[0]) == target:
+            got = _self_guards(pf.node, target, pc.line)
+            if got:
+                return got[0]
+    return None

@@ -122,11 +122,13 @@ class FlushUnderLock(Rule):
             if kind in ("work", "dwork", "kwork", "kdwork"):
                 guard = _self_guard_dropped(pre, fn, c, target)
                 if guard:
-                    hname = handlers[0][0]
+                    hname, hfv = handlers[0]
+                    chain = _reaches(lf.image(hfv, "post"), hname, fn.name) if hfv is fv else None
+                    reach = (f"Its handler reaches it ({' -> '.join(chain)}), so" if chain else
+                             f"If {fn.name}() is reached from the work's handler, {hname}(),")
                     msg = (f"Before this change {fn.name}() only called {c.name}() when it was not "
-                           f"running from that work itself ({guard}); now it always waits. If "
-                           f"{fn.name}() is reached from the work's handler, {hname}(), the work waits "
-                           "for its own completion. Is that path impossible now?")
+                           f"running from that work itself ({guard}); now it always waits. {reach} "
+                           "the work waits for its own completion. Is that path impossible now?")
                     yield self.finding(fv.path, c.line, msg, confidence="medium")
                     continue
             for hname, hfv in handlers:
@@ -155,7 +157,7 @@ class FlushUnderLock(Rule):
                 if c.line not in fv.added_lines or _waited_before(pre, fn.name, c.name, target):
                     continue
                 if above is None:
-                    above = cl.held_above(kb, fn.name, fv.path) if kb else {}
+                    above = cl.held_above(kb, fn.name, fv.path, info=post)
                 for cls, ha in above.items():
                     t = cl.find(takes, cls)
                     if t is None or _dropped_before(fl, c.line, cls, kb):
@@ -198,7 +200,7 @@ class FlushUnderLock(Rule):
                                                  f"with {lf.display(h)} held (line {h.line})",
                                                  Location(wfv.path, h.line, f"{lf.display(h)} taken here"))
                         return
-                above = cl.held_above(kb, wname, wfv.path) if kb else {}
+                above = cl.held_above(kb, wname, wfv.path, info=winfo)
                 for cls, ha in above.items():
                     t = cl.find(new, cls)
                     if t is None or (wfl is not None and _dropped_before(wfl, c.line, cls, kb)):
@@ -273,7 +275,8 @@ class _Setups:
                 if fl is None:
                     continue
                 for c in fl.calls:
-                    if WAITS.get(c.name) == kind and c.args and _member(c.args[0]) == member:
+                    if WAITS.get(c.name) == kind and c.args and (kind in ANY_TARGET
+                                                                 or _member(c.args[0]) == member):
                         yield fv, f.name, c
 
     def takes(self, name: str, fv, kb) -> dict:
@@ -400,4 +403,24 @@ def _self_guard_dropped(pre, fn, c, target: str) -> str | None:
             got = _self_guards(pf.node, target, pc.line)
             if got:
                 return got[0]
+    return None
+
+
+def _reaches(info, start: str, target: str, depth: int = 4) -> list[str] | None:
+    """A same-file call chain from START to TARGET ("f() calls g() at line N" steps)."""
+    frontier = [(start, [])]
+    seen = {start}
+    for _ in range(depth):
+        nxt = []
+        for n, steps in frontier:
+            f = info.byname.get(n)
+            if f is None:
+                continue
+            for c in cparse.calls(f.node):
+                if c.name == target:
+                    return steps + [f"{n}() calls {target}() at line {c.line}"]
+                if c.name in info.byname and c.name not in seen:
+                    seen.add(c.name)
+                    nxt.append((c.name, steps + [f"{n}() calls {c.name}() at line {c.line}"]))
+        frontier = nxt
     return None

@@ -120,13 +120,15 @@ def _kb_taken(kb, name, path, depth):
     return [t for t in got if t.get("kind") not in PSEUDO_KINDS and not t["class"].startswith("@")]
 
 
-def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200) -> dict[str, HeldAbove]:
+def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200, info=None) -> dict[str, HeldAbove]:
     """Knowledge-base class -> HeldAbove, for every lock some caller of NAME
     (DEPTH levels up) holds when its call chain reaches NAME.  A static
-    function's callers are looked for in its own file only."""
+    function's callers are looked for in its own file only.  Without a
+    knowledge base, the callers in the image INFO (NAME's file), by their
+    lock flow."""
     out: dict[str, HeldAbove] = {}
     if not kb:
-        return out
+        return _held_above_in_file(info, name, path, depth) if info is not None else out
     seen = {(name, path)}
     frontier: list[tuple[str, str, tuple[str, ...]]] = [(name, path, (name,))]
     visited = 0
@@ -150,5 +152,35 @@ def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200) -> dict
                 if (caller, cpath) not in seen:
                     seen.add((caller, cpath))
                     nxt.append((caller, cpath, (caller,) + chain))
+        frontier = nxt
+    return out
+
+
+def _held_above_in_file(info, name: str, path: str, depth: int) -> dict[str, HeldAbove]:
+    out: dict[str, HeldAbove] = {}
+    seen = {name}
+    frontier: list[tuple[str, tuple[str, ...]]] = [(name, (name,))]
+    for _ in range(depth):
+        nxt = []
+        for n, chain in frontier:
+            for f in info.functions:
+                if n not in f.call_names or f.name == n:
+                    continue
+                fl = lf.flow_of(info, f.name)
+                if fl is None:
+                    continue
+                for c in fl.calls:
+                    if c.name != n:
+                        continue
+                    for h in lf.must_held(c.states):
+                        # (a lock a try-lock took is held all the same)
+                        if h.kind in PSEUDO_KINDS or h.key in lf.PSEUDO or not h.stable or h.key in out:
+                            continue
+                        out[h.key] = HeldAbove(h.key, (f"{f.name}() holds {lf.display(h)} (line {h.line}) and "
+                                                       "calls " + " -> ".join(f"{x}()" for x in chain),),
+                                               f.name, path, h.line)
+                if f.name not in seen:
+                    seen.add(f.name)
+                    nxt.append((f.name, (f.name,) + chain))
         frontier = nxt
     return out

@@ -50,13 +50,26 @@ class FlushUnderLock(Rule):
     handler takes.
 
     ## What it does
-    For each wait the patch adds or moves under a lock, it finds the
-    handler the work was set up with in the same file (`INIT_WORK(&x->w,
-    handler)`, `timer_setup()`, `tasklet_setup()`, `kthread_run()`, or
-    `hrtimer.function = handler`) and the locks that handler takes, itself
-    or through the same-file functions it calls. When the lock held at the
-    wait is one of them (the same lock class), it reports the pair; waits
-    that the pre-image already made under that lock are not reported.
+    For each wait the patch adds or moves, it finds the handler the work
+    was set up with in the C files of the patch (`INIT_WORK(&x->w,
+    handler)`, `timer_setup()`, `tasklet_setup()`, `kthread_run()`,
+    `hrtimer.function = handler`; for `flush_workqueue(wq)` the works
+    queued on `wq`, paired with the `INIT_WORK()` beside the
+    `queue_work()`) and the locks that handler takes, itself, through the
+    same-file functions it calls, or further through the tree's knowledge
+    base.  It reports:
+    - a wait made with a lock held that the handler takes (the same lock
+      class); waits the pre-image already made under it are left alone;
+    - a wait the function did not make before, in a function whose
+      callers hold such a lock (the knowledge base's call sites, up to four
+      calls up, or the same-file callers without one), naming the chain;
+    - a handler the patch makes take a lock that a wait for it (in the
+      patch's files) is made under, directly or by its callers;
+    - `proc_remove()`/`remove_proc_entry()` under a lock that a `struct
+      proc_ops` callback of the file takes: removing a procfs entry waits
+      for the callbacks in flight on it;
+    - a wait whose `current_work() != &w` guard the patch drops: the work
+      would wait for itself when the function runs from its handler.
 
     ## Why is this bad?
     The wait blocks until the handler has finished, and the handler blocks

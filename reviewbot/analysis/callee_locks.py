@@ -19,6 +19,7 @@ from typing import NamedTuple
 from reviewbot.analysis import lockflow as lf
 
 PSEUDO_KINDS = ("rcu", "irq", "bh", "preempt")
+SLEEPING_KINDS = ("mutex", "rwsem", "sock")
 
 
 class Taken(NamedTuple):
@@ -120,15 +121,16 @@ def _kb_taken(kb, name, path, depth):
     return [t for t in got if t.get("kind") not in PSEUDO_KINDS and not t["class"].startswith("@")]
 
 
-def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200, info=None) -> dict[str, HeldAbove]:
-    """Knowledge-base class -> HeldAbove, for every lock some caller of NAME
-    (DEPTH levels up) holds when its call chain reaches NAME.  A static
-    function's callers are looked for in its own file only.  Without a
-    knowledge base, the callers in the image INFO (NAME's file), by their
-    lock flow."""
+def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200, info=None,
+               kinds=SLEEPING_KINDS) -> dict[str, HeldAbove]:
+    """Knowledge-base class -> HeldAbove, for every lock of KINDS some
+    caller of NAME (DEPTH levels up) holds when its call chain reaches NAME.
+    A static function's callers are looked for in its own file only.
+    Without a knowledge base, the callers in the image INFO (NAME's file),
+    by their lock flow."""
     out: dict[str, HeldAbove] = {}
     if not kb:
-        return _held_above_in_file(info, name, path, depth) if info is not None else out
+        return _held_above_in_file(info, name, path, depth, kinds) if info is not None else out
     seen = {(name, path)}
     frontier: list[tuple[str, str, tuple[str, ...]]] = [(name, path, (name,))]
     visited = 0
@@ -144,7 +146,7 @@ def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200, info=No
                 if visited > cap:
                     return out
                 for cls, kind in held or ():
-                    if kind in PSEUDO_KINDS or cls.startswith("@") or cls in out:
+                    if kind not in kinds or cls.startswith("@") or cls in out:
                         continue
                     out[cls] = HeldAbove(cls, (f"{caller}() holds {cls} ({cpath}:{line}) and calls "
                                                + " -> ".join(f"{x}()" for x in chain),),
@@ -156,7 +158,7 @@ def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200, info=No
     return out
 
 
-def _held_above_in_file(info, name: str, path: str, depth: int) -> dict[str, HeldAbove]:
+def _held_above_in_file(info, name: str, path: str, depth: int, kinds) -> dict[str, HeldAbove]:
     out: dict[str, HeldAbove] = {}
     seen = {name}
     frontier: list[tuple[str, tuple[str, ...]]] = [(name, (name,))]
@@ -174,7 +176,7 @@ def _held_above_in_file(info, name: str, path: str, depth: int) -> dict[str, Hel
                         continue
                     for h in lf.must_held(c.states):
                         # (a lock a try-lock took is held all the same)
-                        if h.kind in PSEUDO_KINDS or h.key in lf.PSEUDO or not h.stable or h.key in out:
+                        if h.kind not in kinds or h.key in lf.PSEUDO or not h.stable or h.key in out:
                             continue
                         out[h.key] = HeldAbove(h.key, (f"{f.name}() holds {lf.display(h)} (line {h.line}) and "
                                                        "calls " + " -> ".join(f"{x}()" for x in chain),),

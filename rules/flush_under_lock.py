@@ -69,7 +69,10 @@ class FlushUnderLock(Rule):
       proc_ops` callback of the file takes: removing a procfs entry waits
       for the callbacks in flight on it;
     - a wait whose `current_work() != &w` guard the patch drops: the work
-      would wait for itself when the function runs from its handler.
+      would wait for itself when the function runs from its handler;
+    - a wait the patch makes conditional on `work_pending(&w)`: a work is
+      not pending any more once its handler runs, so a running handler is
+      no longer waited for.
 
     ## Why is this bad?
     The wait blocks until the handler has finished, and the handler blocks
@@ -142,6 +145,15 @@ class FlushUnderLock(Rule):
                     msg = (f"Before this change {fn.name}() only called {c.name}() when it was not "
                            f"running from that work itself ({guard}); now it always waits. {reach} "
                            "the work waits for its own completion. Is that path impossible now?")
+                    yield self.finding(fv.path, c.line, msg, confidence="medium")
+                    continue
+                cond = _pending_guard_added(pre, fn, c, target)
+                if cond:
+                    hname = handlers[0][0]
+                    msg = (f"Before this change {fn.name}() always waited with {c.name}(); now it "
+                           f"waits only when {cond}. A work is no longer pending once its handler, "
+                           f"{hname}(), has started running, so a running handler is not waited for any "
+                           f"more. Can {hname}() still be running when {fn.name}() goes on?")
                     yield self.finding(fv.path, c.line, msg, confidence="medium")
                     continue
             for hname, hfv in handlers:
@@ -436,4 +448,36 @@ def _reaches(info, start: str, target: str, depth: int = 4) -> list[str] | None:
                     seen.add(c.name)
                     nxt.append((c.name, steps + [f"{n}() calls {c.name}() at line {c.line}"]))
         frontier = nxt
+    return None
+
+
+_PENDING = re.compile(r"\b(delayed_)?work_pending\s*\(")
+
+
+def _pending_guard(fn_node, call_node, target: str) -> str | None:
+    """The condition of an `if` around the call that tests whether the work
+    TARGET is pending (`if (work_pending(&x->target))`)."""
+    n = call_node
+    while n is not None and n != fn_node:
+        par = n.parent
+        if par is not None and par.type == "if_statement" and n == par.child_by_field_name("consequence"):
+            cond = re.sub(r"\s+", " ", cparse.node_text(par.child_by_field_name("condition"))).strip()
+            if _PENDING.search(cond) and re.search(r"(->|\.)" + re.escape(target) + r"\b", cond):
+                return cond[1:-1].strip() if cond.startswith("(") and cond.endswith(")") else cond
+        n = par
+    return None
+
+
+def _pending_guard_added(pre, fn, c, target: str) -> str | None:
+    """The work_pending() test the post-image puts around a wait that the
+    pre-image made without one."""
+    cond = _pending_guard(fn.node, c.node, target)
+    if cond is None:
+        return None
+    pf = pre.byname.get(fn.name)
+    if pf is None:
+        return None
+    for pc in cparse.calls(pf.node):
+        if pc.name == c.name and pc.args and _member(pc.args[0]) == target:
+            return None if _pending_guard(pf.node, pc.node, target) else cond
     return None

@@ -1,0 +1,57 @@
+"""LCK006 with the tree's knowledge base: the lock a wait is made under may
+be held by callers in other files."""
+from __future__ import annotations
+
+import pytest
+
+from reviewbot.review import Options, review_mbox
+from support.ktree import KernelSourceMissing, kernel_files, make_series, make_tree
+
+INTERFACE = "drivers/greybus/interface.c"
+FILES = [INTERFACE, "drivers/greybus/module.c"]
+DEACTIVATE = "\t/* Abort any ongoing mode switch. */\n\tif (intf->mode_switch)\n\t\tcomplete(&intf->mode_switch_completion);\n"
+DEL = "\tif (device_is_registered(&intf->dev)) {\n\t\ttrace_gb_interface_del(intf);\n"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from reviewbot.tree import knowledge as kn
+    try:
+        real = kernel_files(FILES)
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+    tmp = tmp_path_factory.mktemp("lck006")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REVIEWBOT_INDEX_DIR", str(tmp / "cache"))
+    tree = tmp / "tree"
+    base = make_tree(tree, real)
+    kn.build(str(tree), base, tmp / "cache", procs=1)
+    yield tree
+    mp.undo()
+
+
+def _review(tree, subject, old, new):
+    def edit(text):
+        assert text.count(old) == 1
+        return text.replace(old, new)
+    msgs = make_series(tree, [(subject, {INTERFACE: edit})])
+    res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={"LCK006"}, min_confidence="low"))
+    return [f for r in res.patches for f in r.findings]
+
+
+def test_a_wait_in_a_function_whose_callers_in_another_file_hold_the_lock(built):
+    """gb_interface_deactivate() made to cancel the mode-switch work, whose
+    handler takes intf->mutex: module.c calls it with intf->mutex held."""
+    got = _review(built, "greybus: interface: cancel the mode switch on deactivate", DEACTIVATE,
+                  DEACTIVATE + "\tcancel_work_sync(&intf->mode_switch_work);\n")
+    assert len(got) == 1 and got[0].confidence == "medium"
+    msg = got[0].message
+    assert "struct gb_interface.mutex" in msg and "gb_interface_mode_switch_work()" in msg
+    assert "holds struct gb_interface.mutex" in msg
+
+
+def test_a_wait_in_a_function_called_after_the_lock_is_dropped(built):
+    """gb_interface_del() is called after intf->mutex is released."""
+    got = _review(built, "greybus: interface: cancel the mode switch on removal", DEL,
+                  "\tcancel_work_sync(&intf->mode_switch_work);\n\n" + DEL)
+    assert got == []

@@ -21,10 +21,21 @@ WAITS = {
     # removing a procfs entry waits for the callbacks in flight on it (and
     # calls .proc_release of the files still open): proc_entry_rundown()
     "proc_remove": "proc", "remove_proc_entry": "proc", "remove_proc_subtree": "proc",
+    # ... and so does removing a debugfs file (for the file operations of
+    # debugfs_create_file(): __debugfs_file_removed())
+    "debugfs_remove": "debugfs", "debugfs_remove_recursive": "debugfs",
+    "debugfs_lookup_and_remove": "debugfs",
 }
-ANY_TARGET = {"proc"}        # the handlers of these do not hang off the argument
+ANY_TARGET = {"proc", "debugfs"}     # the handlers of these do not hang off the argument
+DEBUGFS_CREATE = {"debugfs_create_file": 4, "debugfs_create_file_size": 4}
+# file-scope macros that define a struct file_operations NAME_fops -> (its callbacks)
+FOPS_MACROS = {"DEFINE_SHOW_ATTRIBUTE": lambda a: (f"{a[0]}_fops", [f"{a[0]}_show"]),
+               "DEFINE_DEBUGFS_ATTRIBUTE": lambda a: (a[0], a[1:3]),
+               "DEFINE_SIMPLE_ATTRIBUTE": lambda a: (a[0], a[1:3])}
 WAITED = {"proc": "{call}() waits for the procfs callbacks running on the entry, and {h}(), a struct "
-                  "proc_ops callback of this file, takes the same lock"}
+                  "proc_ops callback of this file, takes the same lock",
+          "debugfs": "{call}() waits for the debugfs file operations running on the entry, and {h}(), "
+                     "a callback of a debugfs file this file creates, takes the same lock"}
 SETUPS = {
     "work": (("INIT_WORK", 0, 1), ("INIT_WORK_ONSTACK", 0, 1), ("__INIT_WORK", 0, 1)),
     "dwork": (("INIT_DELAYED_WORK", 0, 1), ("INIT_DEFERRABLE_WORK", 0, 1)),
@@ -66,8 +77,9 @@ class FlushUnderLock(Rule):
     - a handler the patch makes take a lock that a wait for it (in the
       patch's files) is made under, directly or by its callers;
     - `proc_remove()`/`remove_proc_entry()` under a lock that a `struct
-      proc_ops` callback of the file takes: removing a procfs entry waits
-      for the callbacks in flight on it;
+      proc_ops` callback of the file takes, and `debugfs_remove()` under
+      one that a callback of a `debugfs_create_file()` file takes:
+      removing the entry waits for the callbacks in flight on it;
     - a wait whose `current_work() != &w` guard the patch drops: the work
       would wait for itself when the function runs from its handler;
     - a wait the patch makes conditional on `work_pending(&w)`: a work is
@@ -321,12 +333,16 @@ def _handlers(tree) -> dict[tuple[str, str], list[str]]:
     for kind, setups in SETUPS.items():
         for name, obj_i, fn_i in setups:
             by_name.setdefault(name, []).append((kind, obj_i, fn_i))
+    debugfs_fops: set[str] = set()
     for f in cparse.functions(tree):
         if f.call_names.isdisjoint(by_name) and b".function" not in (f.node.text or b"") \
-                and b"queue_" not in (f.node.text or b""):
+                and b"queue_" not in (f.node.text or b"") and f.call_names.isdisjoint(DEBUGFS_CREATE):
             continue
         here: dict[str, str] = {}           # work expression -> handler, set up in this function
         for c in cparse.calls(f.node):
+            i = DEBUGFS_CREATE.get(c.name)
+            if i is not None and len(c.args) > i:
+                debugfs_fops.add(re.sub(r"\s+", "", c.args[i]).lstrip("&"))
             if c.name in ("queue_work", "queue_delayed_work", "mod_delayed_work", "queue_work_on",
                           "queue_delayed_work_on") and len(c.args) >= 2:
                 i = 1 if c.name.endswith("_on") else 0
@@ -350,9 +366,16 @@ def _handlers(tree) -> dict[tuple[str, str], list[str]]:
         for m in re.finditer(rb"([\w>.-]+)\.function\s*=\s*(\w+)\s*;", f.node.text or b""):
             out.setdefault(("hrtimer", _member(m.group(1).decode())), []).append(m.group(2).decode())
     for ini in cparse.struct_initializers(tree):
-        if ini.struct == "proc_ops":
-            lst = out.setdefault(("proc", "*"), [])
+        if ini.struct == "proc_ops" or (ini.struct == "file_operations" and ini.name in debugfs_fops):
+            lst = out.setdefault(("proc" if ini.struct == "proc_ops" else "debugfs", "*"), [])
             lst.extend(v for _, v, _ in ini.members if re.match(r"^\w+$", v) and v not in lst)
+    if debugfs_fops:
+        for c in cparse.calls(tree.root_node):
+            if c.name in FOPS_MACROS and c.args:
+                fops, fns = FOPS_MACROS[c.name](c.args)
+                if fops in debugfs_fops:
+                    lst = out.setdefault(("debugfs", "*"), [])
+                    lst.extend(v for v in fns if re.match(r"^\w+$", v) and v != "NULL" and v not in lst)
     for wq, work, h in queued:
         hs = [h] if h else [x for kind in ("work", "dwork") for x in out.get((kind, work), ())]
         if not h and work in GENERIC_MEMBERS and len(set(hs)) > 1:

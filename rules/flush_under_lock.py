@@ -1,7 +1,10 @@
 """flush-under-lock (LCK006): waiting for work whose handler takes a lock held here."""
 from __future__ import annotations
 
+import posixpath
 import re
+import subprocess
+from typing import NamedTuple
 
 from reviewbot.analysis import callee_locks as cl
 from reviewbot.analysis import cparse
@@ -151,7 +154,7 @@ class FlushUnderLock(Rule):
                 guard = _self_guard_dropped(pre, fn, c, target)
                 if guard:
                     hname, hfv = handlers[0]
-                    chain = _reaches(lf.image(hfv, "post"), hname, fn.name) if hfv is fv else None
+                    chain = _reaches(hfv.info, hname, fn.name) if hfv.path == fv.path else None
                     reach = (f"Its handler reaches it ({' -> '.join(chain)}), so" if chain else
                              f"If {fn.name}() is reached from the work's handler, {hname}(),")
                     msg = (f"Before this change {fn.name}() only called {c.name}() when it was not "
@@ -176,10 +179,11 @@ class FlushUnderLock(Rule):
                         break
                     h = max(hit, key=lambda h: h.line)
                     t = cl.find(takes, h.key)
-                    waited = WAITED.get(kind, "the handler it waits for, {h}(), takes the same lock")
+                    waited = WAITED.get(kind, "the handler it waits for, {h}(){where}, takes the same lock")
+                    where = "" if hfv.path == fv.path else f" ({hfv.path})"
                     msg = (f"{fn.name}() calls {c.name}() with {lf.display(h)} held (taken at line "
-                           f"{h.line}), but " + waited.format(call=c.name, h=hname)
-                           + (f" (line {t.line})" if t.line and hfv is fv else
+                           f"{h.line}), but " + waited.format(call=c.name, h=hname, where=where)
+                           + (f" (line {t.line})" if t.line else
                               ": " + " -> ".join(t.steps) if len(t.steps) > 1 else "")
                            + ". Can the two deadlock if the handler is running when this is reached?")
                     related = [Location(fv.path, h.line, f"{lf.display(h)} taken here")]
@@ -204,8 +208,9 @@ class FlushUnderLock(Rule):
                                  f"entry, such as {hname}(),")
                     else:
                         waits = f"now waits for {hname}() with {c.name}(),"
+                    where = "" if hfv.path == fv.path else f" ({hfv.path})"
                     msg = (f"{fn.name}() {waits} and is called with {cls} held: " + " -> ".join(ha.steps)
-                           + f". {hname}() takes the same lock: " + " -> ".join(t.steps)
+                           + f". {hname}(){where} takes the same lock: " + " -> ".join(t.steps)
                            + ". Can the wait deadlock against a running handler?")
                     related = [Location(ha.path, ha.line, f"{ha.caller}() holds {cls}")]
                     if t.line:
@@ -215,7 +220,7 @@ class FlushUnderLock(Rule):
 
     # -- a handler the patch makes take a lock its waiters hold
     def _handler_takes_more(self, fv, fn, changed, post, setups, kb):
-        takes = setups.takes(fn.name, fv, kb)
+        takes = setups.takes(fn.name, _File(fv.path, post, {}, True), kb)
         if not takes:
             return
         pre = lf.image(fv, "pre")
@@ -227,7 +232,7 @@ class FlushUnderLock(Rule):
             for wfv, wname, c in setups.waits(kind, member):
                 if wname == fn.name:
                     continue
-                winfo = lf.image(wfv, "post")
+                winfo = wfv.info
                 wfl = lf.flow_of(winfo, wname)
                 held = [h for h in lf.must_held(c.states) if h.key not in lf.PSEUDO and h.how != "cond"]
                 for h in held:
@@ -260,32 +265,69 @@ class FlushUnderLock(Rule):
 GENERIC_MEMBERS = {"work", "dwork", "w", "timer", "task", "tasklet", "wq"}
 
 
+class _File(NamedTuple):
+    path: str
+    info: object                # lock-flow analysis of its post-image
+    hmap: dict                  # _handlers() of it
+    patch: bool                 # a file of the patch (else: beside one, as the base has it)
+
+
+MAX_DIR_FILES = 120
+MAX_FILE_BYTES = 600_000
+
+
 class _Setups:
     """The deferred functions set up in the C files of the patch (post-
-    images), what waits for them, and the locks they take."""
+    images) and, for a work none of them sets up, in the other C files of
+    their directories; what waits for them, and the locks they take."""
 
     def __init__(self, ctx: PatchContext):
         self.ctx = ctx
         self._by_file = None
+        self._texts = None
+        self._parsed: dict[str, _File] = {}
         self._takes: dict = {}
 
-    def _files(self):
+    def _files(self) -> list[_File]:
         if self._by_file is None:
             self._by_file = []
             for fv in self.ctx.c_files():
                 if fv.post_tree is not None:
-                    self._by_file.append((fv, _handlers(fv.post_tree)))
+                    self._by_file.append(_File(fv.path, lf.image(fv, "post"), _handlers(fv.post_tree), True))
         return self._by_file
 
-    def handlers(self, kind: str, member: str) -> list[tuple[str, object]]:
-        """(handler, file view) pairs set up for KIND/MEMBER; a generic
-        member name (`work`) only when one handler goes with it."""
+    def _others(self, member: str) -> list[_File]:
+        """The other C files of the patch's directories that name MEMBER."""
+        if self._texts is None:
+            self._texts = _directory_texts(self.ctx, {f.path for f in self._files()})
+        pat = re.compile(r"(->|\.)" + re.escape(member) + r"\b")
         out = []
+        for path, text in self._texts.items():
+            if not pat.search(text):
+                continue
+            f = self._parsed.get(path)
+            if f is None:
+                tree = cparse.parse(text)
+                f = self._parsed[path] = _File(path, lf.full_image(tree), _handlers(tree), False)
+            out.append(f)
+        return out
+
+    def handlers(self, kind: str, member: str) -> list[tuple[str, _File]]:
+        """(handler, file) pairs set up for KIND/MEMBER; a generic member
+        name (`work`) only when one handler goes with it."""
         kinds = ("work", "dwork") if kind in ("work", "dwork") else (kind,)
-        for fv, hmap in self._files():
-            for h in (x for k in kinds for x in hmap.get((k, member), ())):
-                if (h, fv) not in out:
-                    out.append((h, fv))
+
+        def found(files):
+            out = []
+            for f in files:
+                for h in (x for k in kinds for x in f.hmap.get((k, member), ())):
+                    if (h, f) not in out:
+                        out.append((h, f))
+            return out
+        out = found(self._files())
+        # a workqueue's flush waits for every work queued on it
+        if (not out or kind == "wq") and kind not in ANY_TARGET and member not in GENERIC_MEMBERS:
+            out += [x for x in found(self._others(member)) if x not in out]
         if member in GENERIC_MEMBERS and len({h for h, _ in out}) > 1:
             return []
         return out
@@ -293,18 +335,21 @@ class _Setups:
     def targets_of(self, name: str, path: str) -> list[tuple[str, str]]:
         """(kind, member) pairs NAME (of PATH) is the handler of."""
         out = []
-        for fv, hmap in self._files():
-            for key, hs in hmap.items():
-                if name in hs and key not in out and (fv.path == path or key[0] == "wq"):
+        for f in self._files():
+            for key, hs in f.hmap.items():
+                if name in hs and key not in out and (f.path == path or key[0] == "wq"):
                     if self.handlers(*key):
                         out.append(key)
         return out
 
     def waits(self, kind: str, member: str):
-        """(file view, function name, call event) of every wait for
-        KIND/MEMBER in the post-images of the patch's C files."""
-        for fv, _ in self._files():
-            info = lf.image(fv, "post")
+        """(file, function name, call event) of every wait for KIND/MEMBER
+        in the post-images of the patch's C files, and in the other files
+        of their directories."""
+        files = self._files() + ([] if kind in ANY_TARGET or member in GENERIC_MEMBERS
+                                 else self._others(member))
+        for file in files:
+            info = file.info
             for f in info.functions:
                 if f.call_names.isdisjoint(WAITS):
                     continue
@@ -314,13 +359,49 @@ class _Setups:
                 for c in fl.calls:
                     if WAITS.get(c.name) == kind and c.args and (kind in ANY_TARGET
                                                                  or _member(c.args[0]) == member):
-                        yield fv, f.name, c
+                        yield file, f.name, c
 
-    def takes(self, name: str, fv, kb) -> dict:
-        key = (name, fv.path)
+    def takes(self, name: str, file: _File, kb) -> dict:
+        key = (name, file.path)
         if key not in self._takes:
-            self._takes[key] = cl.taken_by(lf.image(fv, "post"), name, kb, fv.path)
+            self._takes[key] = cl.taken_by(file.info, name, kb, file.path)
         return self._takes[key]
+
+
+def _directory_texts(ctx, skip: set[str]) -> dict[str, str]:
+    """path -> text of the .c files, as the base has them, in the
+    directories of the patch's C files (not those files themselves)."""
+    tree, base = ctx.tree_path, ctx.base
+    if not tree or not base:
+        return {}
+    dirs = sorted({posixpath.dirname(p) for p in skip})
+    try:
+        names = subprocess.run(["git", "-C", tree, "ls-tree", "--name-only", base, "--"]
+                               + [d + "/" for d in dirs if d], capture_output=True, text=True,
+                               timeout=30, check=True).stdout.split()
+        names = [n for n in names if n.endswith(".c") and n not in skip][:MAX_DIR_FILES]
+        if not names:
+            return {}
+        got = subprocess.run(["git", "-C", tree, "cat-file", "--batch"],
+                             input="".join(f"{base}:{n}\n" for n in names).encode(),
+                             capture_output=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    out = {}
+    pos = 0
+    for n in names:
+        nl = got.find(b"\n", pos)
+        if nl < 0:
+            break
+        head = got[pos:nl].split()
+        pos = nl + 1
+        if len(head) < 3 or head[1] != b"blob":
+            continue
+        size = int(head[2])
+        if size <= MAX_FILE_BYTES:
+            out[n] = got[pos:pos + size].decode("utf-8", "replace")
+        pos += size + 1
+    return out
 
 
 def _handlers(tree) -> dict[tuple[str, str], list[str]]:

@@ -8,7 +8,8 @@ from reviewbot.review import Options, review_mbox
 from support.ktree import KernelSourceMissing, kernel_files, make_series, make_tree
 
 INTERFACE = "drivers/greybus/interface.c"
-FILES = [INTERFACE, "drivers/greybus/module.c"]
+MODULE = "drivers/greybus/module.c"
+FILES = [INTERFACE, MODULE]
 DEACTIVATE = "\t/* Abort any ongoing mode switch. */\n\tif (intf->mode_switch)\n\t\tcomplete(&intf->mode_switch_completion);\n"
 DEL = "\tif (device_is_registered(&intf->dev)) {\n\t\ttrace_gb_interface_del(intf);\n"
 
@@ -30,11 +31,11 @@ def built(tmp_path_factory):
     mp.undo()
 
 
-def _review(tree, subject, old, new):
+def _review(tree, subject, old, new, path=INTERFACE):
     def edit(text):
         assert text.count(old) == 1
         return text.replace(old, new)
-    msgs = make_series(tree, [(subject, {INTERFACE: edit})])
+    msgs = make_series(tree, [(subject, {path: edit})])
     res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={"LCK006"}, min_confidence="low"))
     return [f for r in res.patches for f in r.findings]
 
@@ -55,3 +56,14 @@ def test_a_wait_in_a_function_called_after_the_lock_is_dropped(built):
     got = _review(built, "greybus: interface: cancel the mode switch on removal", DEL,
                   "\tcancel_work_sync(&intf->mode_switch_work);\n\n" + DEL)
     assert got == []
+
+
+def test_the_handler_of_a_work_set_up_in_a_file_the_patch_does_not_touch(built):
+    """module.c made to cancel the interface's mode-switch work with
+    intf->mutex held: the work and its handler (which takes intf->mutex)
+    are set up in interface.c, beside it."""
+    old = "\tmutex_lock(&intf->mutex);\n\tintf->removed = true;\n"
+    got = _review(built, "greybus: module: cancel the mode switch on deregistration", old,
+                  old + "\tcancel_work_sync(&intf->mode_switch_work);\n", path=MODULE)
+    assert len(got) == 1 and got[0].confidence == "high"
+    assert "gb_interface_mode_switch_work() (drivers/greybus/interface.c)" in got[0].message

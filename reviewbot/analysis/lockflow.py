@@ -1055,6 +1055,16 @@ def image(fv, which: str) -> ImageInfo:
     return info
 
 
+def full_image(tree) -> ImageInfo:
+    """The analysis of a whole file's parse tree (a file of the tree that
+    the series does not touch), cached with the tree."""
+    m = cparse._memo(tree.root_node)
+    info = m.get("_lockflow.image")
+    if info is None:
+        info = m["_lockflow.image"] = _image(tree, None)
+    return info
+
+
 _SECTION_FN = re.compile(r"^\s*(?:[\w*\s]+?[\s*])?(\w+)\s*\(")
 
 

@@ -76,7 +76,9 @@ class FlushUnderLock(Rule):
       class); waits the pre-image already made under it are left alone;
     - a wait the function did not make before, in a function whose
       callers hold such a lock (the knowledge base's call sites, up to four
-      calls up, or the same-file callers without one), naming the chain;
+      calls up, or the same-file callers without one; RTNL for a function
+      the networking core calls with it held, `.ndo_stop` and kin), naming
+      the chain;
     - a handler the patch makes take a lock that a wait for it (in the
       patch's files) is made under, directly or by its callers;
     - `proc_remove()`/`remove_proc_entry()` under a lock that a `struct

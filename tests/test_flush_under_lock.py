@@ -67,3 +67,38 @@ def test_the_handler_of_a_work_set_up_in_a_file_the_patch_does_not_touch(built):
                   old + "\tcancel_work_sync(&intf->mode_switch_work);\n", path=MODULE)
     assert len(got) == 1 and got[0].confidence == "high"
     assert "gb_interface_mode_switch_work() (drivers/greybus/interface.c)" in got[0].message
+
+
+OCTEP = "drivers/net/ethernet/marvell/octeon_ep/octep_main.c"
+STOP = "\t/* Stop Tx from stack */\n\tnetif_tx_stop_all_queues(netdev);\n"
+
+
+@pytest.fixture(scope="module")
+def octep(tmp_path_factory):
+    from reviewbot.tree import knowledge as kn
+    try:
+        real = kernel_files([OCTEP])
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+    tmp = tmp_path_factory.mktemp("lck006-rtnl")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REVIEWBOT_INDEX_DIR", str(tmp / "cache"))
+    tree = tmp / "tree"
+    base = make_tree(tree, real)
+    kn.build(str(tree), base, tmp / "cache", procs=1)
+    yield tree
+    mp.undo()
+
+
+def test_a_wait_in_ndo_stop_for_a_work_that_takes_rtnl(octep):
+    """.ndo_stop runs with RTNL held; octep_tx_timeout_task() takes it."""
+    got = _review(octep, "octeon_ep: cancel the tx timeout task on stop", STOP,
+                  "\tcancel_work_sync(&oct->tx_timeout_task);\n\n" + STOP, path=OCTEP)
+    assert len(got) == 1 and got[0].confidence == "medium"
+    assert "runs with RTNL held" in got[0].message and "octep_tx_timeout_task()" in got[0].message, got[0].message
+
+
+def test_a_wait_in_ndo_stop_for_a_work_that_does_not_take_rtnl(octep):
+    got = _review(octep, "octeon_ep: cancel the mailbox task on stop", STOP,
+                  "\tcancel_work_sync(&oct->ctrl_mbox_task);\n\n" + STOP, path=OCTEP)
+    assert got == []

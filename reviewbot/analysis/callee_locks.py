@@ -14,6 +14,7 @@ the knowledge base by `struct type.field`; same_lock() compares the two.
 """
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 from reviewbot.analysis import lockflow as lf
@@ -118,7 +119,11 @@ def _kb_taken(kb, name, path, depth):
         got = kb.locks_taken(name, path, depth=depth)
     except Exception:       # a broken knowledge base must not stop a review
         return []
-    return [t for t in got if t.get("kind") not in PSEUDO_KINDS and not t["class"].startswith("@")]
+    return [t for t in got if t.get("kind") not in PSEUDO_KINDS and not t["class"].startswith("@")
+            and not (t["path"] and _TRYLOCK_STEP.search(t["path"][-1]))]
+
+
+_TRYLOCK_STEP = re.compile(r"takes it with \w*trylock\w*\(\)")
 
 
 def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200, info=None,
@@ -137,6 +142,8 @@ def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200, info=No
     for _ in range(depth):
         nxt = []
         for n, p, chain in frontier:
+            if RTNL not in out:
+                _rtnl_context(kb, n, p, chain, out)
             try:
                 sites = kb.callers(n, p)
             except Exception:       # a broken knowledge base must not stop a review
@@ -156,6 +163,25 @@ def held_above(kb, name: str, path: str, depth: int = 4, cap: int = 200, info=No
                     nxt.append((caller, cpath, (caller,) + chain))
         frontier = nxt
     return out
+
+
+RTNL = "rtnl_mutex"
+
+
+def _rtnl_context(kb, name: str, path: str, chain: tuple[str, ...], out: dict) -> None:
+    """RTNL held around NAME by the core that calls it through an ops table
+    (`.ndo_stop`, ethtool ops: the knowledge base's rtnl context)."""
+    try:
+        ctxs = kb.contexts(name, path)
+    except Exception:       # a broken knowledge base must not stop a review
+        return
+    for kind, why in ctxs:
+        if kind == "rtnl":
+            d = next((x for x in kb.definitions(name) if x["path"] == path), None)
+            rest = " and calls " + " -> ".join(f"{x}()" for x in chain[1:]) if len(chain) > 1 else ""
+            out[RTNL] = HeldAbove(RTNL, (f"{name}() runs with RTNL held ({why}){rest}",), name, path,
+                                  d["line"] if d else 0)
+            return
 
 
 def _held_above_in_file(info, name: str, path: str, depth: int, kinds) -> dict[str, HeldAbove]:

@@ -27,6 +27,7 @@ ever matches itself inside one function.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 import weakref
 from collections import OrderedDict
@@ -1153,8 +1154,25 @@ def _code_only(line: str) -> str:
     return s.split("//")[0]
 
 
+def _macro_named(funcs: list[cparse.Function]) -> list[cparse.Function]:
+    """Functions whose name a macro makes, `static int UVERBS_HANDLER(X)(...)`
+    (a declarator of a declarator), named `UVERBS_HANDLER(X)`: the file's
+    handlers all parse as `UVERBS_HANDLER`, and one name for them all
+    would give each the flow of the first."""
+    out = []
+    for f in funcs:
+        d = f.node.child_by_field_name("declarator")
+        while d is not None and d.type == "pointer_declarator":
+            d = d.child_by_field_name("declarator")
+        inner = d.child_by_field_name("declarator") if d is not None and d.type == "function_declarator" else None
+        if inner is not None and inner.type == "function_declarator":
+            f = dataclasses.replace(f, name=re.sub(r"\s+", "", cparse.node_text(inner)))
+        out.append(f)
+    return out
+
+
 def _image(tree, shown: set[int] | None, synth: set[int] = frozenset()) -> ImageInfo:
-    funcs = [f for f in cparse.functions(tree) if f.name]
+    funcs = _macro_named([f for f in cparse.functions(tree) if f.name])
     if shown is not None and synth:
         shown = shown | synth           # rebuilt heads and ends count as seen
     if shown is not None:

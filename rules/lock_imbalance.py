@@ -1,6 +1,8 @@
 """lock-imbalance (LCK002): a new path leaves a function with a lock held."""
 from __future__ import annotations
 
+import re
+
 from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
@@ -57,17 +59,18 @@ class LockImbalance(Rule):
     confidence = "high"
 
     def check_patch(self, ctx: PatchContext):
+        self._kb = None
         for fv, touched, post in lf.touched_files(ctx):
             pre = None
             for fn, added in touched:
-                got = lf.leaks(lf.lock_flow(post, fn.name))
+                got = self._leaks(ctx, post, fn.name)
                 if not got:
                     continue
                 if pre is None:
                     pre = lf.image(fv, "pre")
                 # the same lock leaking out of the same statement before
                 # the patch is not news (pre-image lines by the diff)
-                old = {(h.key, via or ex.line) for h, ex, via in lf.leaks(lf.flow_of(pre, fn.name))}
+                old = {(h.key, via or ex.line) for h, ex, via in self._leaks(ctx, pre, fn.name)}
                 seen = set()
                 for h, ex, via in sorted(got, key=lambda t: (t[2] or t[1].line, t[0].line)):
                     if (h.key, fv.old_line(via or ex.line)) in old or h.key in seen:
@@ -76,6 +79,80 @@ class LockImbalance(Rule):
                         continue        # the end of a function rebuilt from hunks: not a real exit
                     seen.add(h.key)
                     yield self._finding(fv, fn, h, ex, via, added)
+
+    def _leaks(self, ctx, info, name):
+        """lf.leaks() of the flow walked with lock flags, where a lock is
+        not 'maybe released' for having its object handed to a call the
+        tree says releases nothing; for a function annotated __releases(X),
+        the paths that keep X, when others release it."""
+        if not lf.may_lock(info, name):
+            return []
+        fl = lf.flow_with(info, name)
+        if fl is None or fl.too_complex:
+            return []
+        ann = _annotation(fl.fn.node, "__releases")
+        if fl.annotated:
+            return self._kept(ctx, info, name, ann) if ann else []
+        if lf.fn_skipped_for_balance(fl):
+            return []
+        released = fl.released
+        out = []
+        for ex in fl.exits:
+            val = lf.return_value(fl, ex.line)
+            if val is not None and val != "" and not lf._ERRORISH.match(val):
+                continue      # success-looking returns may legitimately keep a lock
+            for st in ex.states:
+                for h in st:
+                    if h.how == "guard" or h.kind in ("irq", "bh", "preempt") or h.key not in released:
+                        continue
+                    if h.key in fl.conditional and h.key not in fl.flagged:
+                        continue
+                    if h.key in fl.uncertain and not self._only_handed(ctx, fl, h.key):
+                        continue
+                    out.append((h, ex, _via(fl, ex, st)))
+        return out
+
+    def _kept(self, ctx, info, name, expr):
+        """Exits of a function annotated __releases(EXPR) that still hold
+        that lock, when the function releases it on other paths."""
+        fl0 = lf.flow_with(info, name)
+        key, lexpr = lf.key_of_call("spin_unlock", "spin", (expr,), fl0.types)
+        kinds = [lf.RELEASE[c.name] for c in fl0.calls if c.name in lf.RELEASE and
+                 lf.key_of_call(c.name, lf.RELEASE[c.name], c.args, fl0.types)[0] == key]
+        if not kinds or key in lf.PSEUDO or not lf.Held(key, "", 0, "", "").stable:
+            return []
+        h0 = lf.Held(key, kinds[0], fl0.fn.start, lexpr, "__releases", "entry")
+        fl = lf.flow_with(info, name, entry=(h0,))
+        if fl is None or fl.too_complex or key in fl.uncertain or key in fl.conditional:
+            return []
+        keep = [(ex, st) for ex in fl.exits for st in ex.states if h0 in st]
+        if not keep or len(keep) == sum(len(ex.states) for ex in fl.exits):
+            return []       # released on no path: not a lock this function drops
+        return [(h0, ex, _via(fl, ex, st)) for ex, st in keep]
+
+    def _only_handed(self, ctx, fl, key) -> bool:
+        """A lock taken with a wrapper on an object (l2cap_chan_lock(chan),
+        filemap_invalidate_lock(mapping)) is 'uncertain' once the object
+        goes to a call; it stays held when each such call is no release
+        by its name and the tree knows it as no lock wrapper that
+        releases."""
+        if key not in fl.handed:
+            return False
+        hs = [h for h, _ in fl.acquires if h.key == key]
+        if not hs or any(h.how == "cond" or not _object_wrapper(h) for h in hs):
+            return False
+        if self._kb is None:
+            self._kb = ctx.knowledge or False
+        for callee in fl.handed[key]:
+            if callee in lf.RELEASE or lf.paired_wrapper(callee, fl.fn.call_names) in (
+                    ("release", h.call) for h in hs):
+                continue        # the lock's own release
+            if _RELEASE_WORD.search(callee):
+                return False
+            ops = self._kb.lock_wrapper(callee) if self._kb else None
+            if ops and any(op[0] == "r" for op in ops):
+                return False
+        return True
 
     def _finding(self, fv, fn, h, ex, via, added):
         fl = lf.flow_of(lf.image(fv, "post"), fn.name)
@@ -87,16 +164,20 @@ class LockImbalance(Rule):
             val = lf.return_value(fl, ex.line)
             path = f"the 'return {val}' path" if val else "the path that returns here"
         taken = "the wrapper " + h.call + "()" if h.how.startswith("wrap:") else h.call + "()"
-        if h.key in lf.RCU_KEYS:
+        if h.how == "entry":
+            msg = (f"{fn.name}() is annotated __releases({h.expr}) and releases it on the "
+                   f"other paths, but {path} leaves the function with it still held. "
+                   f"Is an unlock missing on this path?")
+        elif h.key in lf.RCU_KEYS:
             unlock = h.call.replace("_lock", "_unlock", 1) if "_lock" in h.call else "rcu_read_unlock"
             msg = (f"{fn.name}() enters an RCU read-side section with {taken}, but {path} "
                    f"leaves the function without the matching unlock. Is an "
                    f"{unlock}() missing there?")
         else:
-            msg = (f"{fn.name}() takes {lf.display(h)} with {taken}, but {path} leaves the "
+            msg = (f"{fn.name}() takes {_display(h)} with {taken}, but {path} leaves the "
                    f"function with it still held, while the other paths release it. "
                    f"Is an unlock missing on this path?")
-        related = [Location(fv.path, h.line, f"{lf.display(h)} taken here")]
+        related = [Location(fv.path, h.line, f"{_display(h)} taken here")]
         if via and ex.line != via:
             related.append(Location(fv.path, ex.line, "the function returns here"))
         info = lf.image(fv, "post")
@@ -107,6 +188,61 @@ class LockImbalance(Rule):
         else:
             conf = "high" if line in added and h.stable else "medium"
         return self.finding(fv.path, line, msg, related=related, confidence=conf)
+
+
+_RELEASE_WORD = re.compile(r"(^|_)(unlock|release|releases|drop|done|finish)(_|$)")
+# wrappers of a lock that IS the object (a page's or a buffer's lock bit):
+# the object goes to calls that unlock it (block_write_full_page())
+_SELF_LOCKS = frozenset(("page", "folio", "buffer"))
+
+
+def _display(h) -> str:
+    if _object_wrapper(h) and h.how != "entry":
+        return f"the lock of '{h.expr}'"
+    return lf.display(h)
+
+
+def _via(fl, ex, st) -> int | None:
+    """The goto that led state ST to exit EX: the walker remembers the
+    first goto each state took, which is only this exit's way when its
+    label stands between that goto and the exit."""
+    via = ex.via.get(st)
+    if via is None:
+        return None
+    for n in cparse.walk(fl.fn.node):
+        if n.type == "goto_statement" and cparse.line_of(n) == via:
+            lab = n.child_by_field_name("label")
+            name = cparse.node_text(lab) if lab is not None else ""
+            for m in cparse.walk(fl.fn.node):
+                if m.type == "labeled_statement":
+                    ml = m.child_by_field_name("label")
+                    if ml is not None and cparse.node_text(ml) == name:
+                        return via if via < cparse.line_of(m) <= ex.line else None
+    return via
+
+
+def _object_wrapper(h) -> bool:
+    """A lock taken by a wrapper given the object it lives in."""
+    if h.kind == "wrap":
+        return True
+    stem = lf._wrap_stem(h.call)
+    return stem in lf._WRAP_NAMES and stem not in _SELF_LOCKS
+
+
+def _annotation(fn_node, name: str) -> str | None:
+    """The argument of a sparse annotation (NAME(expr)) on the function's
+    declarator, or None."""
+    decl = fn_node.child_by_field_name("declarator")
+    if decl is None:
+        return None
+    for n in cparse.walk(decl):
+        if n.type == "call_expression" and lf._call_name(n) == name:
+            # the argument list as text: `&ffs->ev.waitq.lock` does not
+            # always parse as an expression there
+            argl = n.child_by_field_name("arguments")
+            arg = cparse.node_text(argl).strip()[1:-1].strip() if argl is not None else ""
+            return arg if arg and "," not in arg else None
+    return None
 
 
 def _stmt_text(fn_node, line: int, typ: str) -> str:

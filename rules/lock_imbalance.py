@@ -1,9 +1,12 @@
 """lock-imbalance (LCK002): a new path leaves a function with a lock held."""
 from __future__ import annotations
 
+import json
 import re
+import zlib
 
 from reviewbot.analysis import cparse
+from reviewbot.analysis import facts as F
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
@@ -60,17 +63,19 @@ class LockImbalance(Rule):
 
     def check_patch(self, ctx: PatchContext):
         self._kb = None
+        self._pairs = {}
         for fv, touched, post in lf.touched_files(ctx):
             pre = None
             for fn, added in touched:
-                got = self._leaks(ctx, post, fn.name)
+                ext = self._tree_pairs(ctx, post, fn)
+                got = self._leaks(ctx, post, fn.name, ext)
                 if not got:
                     continue
                 if pre is None:
                     pre = lf.image(fv, "pre")
                 # the same lock leaking out of the same statement before
                 # the patch is not news (pre-image lines by the diff)
-                old = {(h.key, via or ex.line) for h, ex, via in self._leaks(ctx, pre, fn.name)}
+                old = {(h.key, via or ex.line) for h, ex, via in self._leaks(ctx, pre, fn.name, ext)}
                 seen = set()
                 for h, ex, via in sorted(got, key=lambda t: (t[2] or t[1].line, t[0].line)):
                     if (h.key, fv.old_line(via or ex.line)) in old or h.key in seen:
@@ -80,14 +85,14 @@ class LockImbalance(Rule):
                     seen.add(h.key)
                     yield self._finding(fv, fn, h, ex, via, added)
 
-    def _leaks(self, ctx, info, name):
+    def _leaks(self, ctx, info, name, ext=None):
         """lf.leaks() of the flow walked with lock flags, where a lock is
         not 'maybe released' for having its object handed to a call the
         tree says releases nothing; for a function annotated __releases(X),
         the paths that keep X, when others release it."""
-        if not lf.may_lock(info, name):
+        if not lf.may_lock(info, name) and not ext:
             return []
-        fl = lf.flow_with(info, name)
+        fl = lf.flow_with(info, name, extern=ext)
         if fl is None or fl.too_complex:
             return []
         ann = _annotation(fl.fn.node, "__releases")
@@ -130,6 +135,39 @@ class LockImbalance(Rule):
             return []       # released on no path: not a lock this function drops
         return [(h0, ex, _via(fl, ex, st)) for ex, st in keep]
 
+    def _kbv(self, ctx):
+        if self._kb is None:
+            self._kb = ctx.knowledge or False
+        return self._kb
+
+    def _tree_pairs(self, ctx, info, fn) -> dict:
+        """Lock wrappers of other files the function calls in pairs,
+        named alike (dm_get_live_table() / dm_put_live_table()) and
+        vouched for by the tree: the first returns with a lock held on
+        every path, the second releases that lock class without taking it.
+        -> {name: ("acquire" | "release", acquire name)} for the walker."""
+        names = fn.call_names
+        cands = []
+        for a in sorted(names):
+            if a in lf.ACQUIRE or a in lf.RELEASE or a in lf.TRYLOCK or a in lf.ZEROLOCK or a in info.summaries:
+                continue
+            toks = a.split("_")
+            for x, y in _SWAPS:
+                if x in toks:
+                    r = "_".join(y if t == x else t for t in toks)
+                    if r in names and r not in lf.RELEASE and r not in info.summaries:
+                        cands.append((a, r))
+        if not cands or not self._kbv(ctx):
+            return {}
+        out = {}
+        for a, r in cands:
+            if (a, r) not in self._pairs:
+                self._pairs[(a, r)] = _tree_pair(self._kb, a, r)
+            if self._pairs[(a, r)]:
+                out[a] = ("acquire", a)
+                out[r] = ("release", a)
+        return out
+
     def _only_handed(self, ctx, fl, key) -> bool:
         """A lock taken with a wrapper on an object (l2cap_chan_lock(chan),
         filemap_invalidate_lock(mapping)) is 'uncertain' once the object
@@ -141,8 +179,7 @@ class LockImbalance(Rule):
         hs = [h for h, _ in fl.acquires if h.key == key]
         if not hs or any(h.how == "cond" or not _object_wrapper(h) for h in hs):
             return False
-        if self._kb is None:
-            self._kb = ctx.knowledge or False
+        self._kbv(ctx)
         for callee in fl.handed[key]:
             if callee in lf.RELEASE or lf.paired_wrapper(callee, fl.fn.call_names) in (
                     ("release", h.call) for h in hs):
@@ -164,7 +201,15 @@ class LockImbalance(Rule):
             val = lf.return_value(fl, ex.line)
             path = f"the 'return {val}' path" if val else "the path that returns here"
         taken = "the wrapper " + h.call + "()" if h.how.startswith("wrap:") else h.call + "()"
-        if h.how == "entry":
+        pair = next((p for (a, r), p in self._pairs.items() if p and a == h.call), None)
+        if pair:
+            cls = ("an RCU read-side section" if pair[1] == "rcu" else
+                   f"{pair[0]} ({pair[1]})")
+            msg = (f"{fn.name}() enters {cls} with {h.call}({h.expr}, ...), which the tree's "
+                   f"{h.call}() returns holding on every path and {pair[2]}() releases, but "
+                   f"{path} leaves the function without calling {pair[2]}(). "
+                   f"Is a {pair[2]}() missing on this path?")
+        elif h.how == "entry":
             msg = (f"{fn.name}() is annotated __releases({h.expr}) and releases it on the "
                    f"other paths, but {path} leaves the function with it still held. "
                    f"Is an unlock missing on this path?")
@@ -188,6 +233,53 @@ class LockImbalance(Rule):
         else:
             conf = "high" if line in added and h.stable else "medium"
         return self.finding(fv.path, line, msg, related=related, confidence=conf)
+
+
+_SWAPS = (("get", "put"), ("acquire", "release"), ("begin", "end"), ("start", "end"), ("start", "stop"),
+          ("enter", "exit"), ("enter", "leave"), ("hold", "release"), ("grab", "release"),
+          ("claim", "release"), ("down", "up"))
+
+
+def _tree_pair(kb, a: str, r: str):
+    """(lock class, kind, R) when the tree's A returns with a lock held
+    on every path and its R releases that class without taking it."""
+    ops_a, ops_r = kb.lock_wrapper(a) or [], kb.lock_wrapper(r) or []
+    for op, cls, kind in ops_a:
+        if op == "a" and ("r", cls, kind) in ops_r:
+            return cls, kind, r
+    fa, fr = _kb_facts(kb, a), _kb_facts(kb, r)
+    if fa is None or fr is None:
+        return None
+    _, acq, _, exits, _ = F.simulate(fa["ev"], kb.wrappers, fa["t"], fa["p"])
+    if fa["ev"][-2:] == ["R", "}T"]:
+        exits = exits[:-1]       # the fall-off end after a last return
+    if not exits or not acq:
+        return None
+    common = set(exits[0]).intersection(*map(set, exits[1:]))
+    _, _, _, _, unmatched = F.simulate(fr["ev"], kb.wrappers, fr["t"], fr["p"])
+    gone = {(c, k) for c, k, _, _ in unmatched}
+    for cls, kind, _, _ in acq:
+        if cls in common and (cls, kind) in gone and kind not in ("irq", "bh", "preempt"):
+            return cls, kind, r
+    return None
+
+
+def _kb_facts(kb, name: str):
+    """The knowledge base's facts of NAME's (first) definition."""
+    defs = kb.definitions(name)
+    if not defs or defs[0]["macro"] or defs[0]["stub"]:
+        return None
+    d = defs[0]
+    if d["source"] != "base":
+        return d.get("fn")
+    row = kb.db.execute("SELECT b.facts FROM files f JOIN blobs b ON b.blob = f.blob WHERE f.path=?",
+                        (d["path"],)).fetchone()
+    if row is None:
+        return None
+    for fn in json.loads(zlib.decompress(row[0])).get("funcs", ()):
+        if fn["n"] == name and fn["l"] == d["line"]:
+            return fn
+    return None
 
 
 _RELEASE_WORD = re.compile(r"(^|_)(unlock|release|releases|drop|done|finish)(_|$)")

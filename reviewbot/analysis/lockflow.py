@@ -362,7 +362,11 @@ _LOOP_MACRO = LazyPattern(r"for_each|foreach|_for_|^for_|while_each|_loop")
 
 class Walker:
     def __init__(self, fn: cparse.Function, summaries: dict[str, Summary] | None = None,
-                 flags: bool = False, entry: tuple = ()):
+                 flags: bool = False, entry: tuple = (), extern: dict | None = None):
+        # extern: call name -> ("acquire" | "release", acquire name): a pair
+        # of lock wrappers the caller vouches for (the tree's), a lock of
+        # its own class named by the acquire and its first argument
+        self.extern = extern or {}
         self.flag_keys: dict[str, str] = _lock_flags(fn.node, declared_types(fn.node)) if flags else {}
         self.entry = frozenset(entry)
         self.fn = fn
@@ -486,7 +490,7 @@ class Walker:
                         self.flow.uncertain.add(h.key)
                         self.flow.handed.setdefault(h.key, set()).add(name)
         if name not in self.summaries and name not in TRYLOCK and name not in ZEROLOCK:
-            pair = paired_wrapper(name, self.fn.call_names)
+            pair = self.extern.get(name) or paired_wrapper(name, self.fn.call_names)
             if pair is not None:
                 key = "?" + pair[1] + "(" + (re.sub(r"\s+", "", _strip(args[0])) if args else "") + ")"
                 if pair[0] == "release":
@@ -824,15 +828,17 @@ def _lock_flags(fn_node, types: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def flow_with(info: "ImageInfo", name: str, flags: bool = True, entry: tuple = ()) -> Flow | None:
+def flow_with(info: "ImageInfo", name: str, flags: bool = True, entry: tuple = (),
+              extern: dict | None = None) -> Flow | None:
     """The flow of function NAME walked with flag variables that follow a
     lock (_lock_flags(): `if (locked) unlock()` then only runs on the paths
     that hold it) and with the locks ENTRY held on entry (a caller's, for
     a function annotated __releases() or __must_hold())."""
-    memo = info.memo.setdefault(("flow_with", flags, frozenset(entry)), {})
+    memo = info.memo.setdefault(("flow_with", flags, frozenset(entry), frozenset((extern or {}).items())), {})
     if name not in memo:
         f = info.byname.get(name)
-        memo[name] = Walker(f, info.summaries, flags=flags, entry=entry).run() if f is not None else None
+        memo[name] = (Walker(f, info.summaries, flags=flags, entry=entry, extern=extern).run()
+                      if f is not None else None)
     return memo[name]
 
 

@@ -97,7 +97,8 @@ class LockImbalance(Rule):
             return []
         ann = _annotation(fl.fn.node, "__releases")
         if fl.annotated:
-            return self._kept(ctx, info, name, ann) if ann else []
+            both = _annotation(fl.fn.node, "__acquires") or _annotation(fl.fn.node, "__must_hold")
+            return self._kept(ctx, info, name, ann) if ann and not both else []
         if lf.fn_skipped_for_balance(fl):
             return []
         released = fl.released

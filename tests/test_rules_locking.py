@@ -318,3 +318,34 @@ def test_a_callee_that_sleeps_several_calls_down_is_named_with_its_chain(tmp_pat
     assert len(got) == 1 and got[0].confidence == "medium"
     assert "mmc_gpio_get_ro() (it calls gpiod_get_value_cansleep()" in got[0].message
     assert "host->lock held" in got[0].message
+
+
+def test_a_get_put_pair_of_another_file_is_followed_as_a_lock(tmp_path, monkeypatch):
+    """dm_get_live_table() (drivers/md/dm.c) returns inside an SRCU
+    read-side section that dm_put_live_table() ends: the tree's knowledge
+    base vouches for the pair, so a new return between them in another
+    file is a section left open; returning after the put is fine."""
+    from reviewbot.tree import knowledge as kn
+    files = ["drivers/md/dm.c", "drivers/md/dm-verity-loadpin.c"]
+    try:
+        real = kernel_files(files)
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+    monkeypatch.setenv("REVIEWBOT_INDEX_DIR", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    base = make_tree(tree, real)
+    kn.build(str(tree), base, tmp_path / "cache", procs=1)
+    old = "\tif (!table || table->num_targets != 1)\n\t\tgoto out;\n"
+
+    def run(new):
+        def edit(text):
+            assert text.count(old) == 1
+            return text.replace(old, new)
+        msgs = make_series(tree, [("dm verity: loadpin: return early without a single target", {files[1]: edit})])
+        res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={"LCK002"}, min_confidence="low"))
+        return [f for r in res.patches for f in r.findings]
+    got = run("\tif (!table || table->num_targets != 1)\n\t\treturn false;\n")
+    assert len(got) == 1 and got[0].confidence == "medium"
+    assert "dm_put_live_table()" in got[0].message and "RCU read-side" in got[0].message
+    assert run("\tif (!table || table->num_targets != 1) {\n\t\tdm_put_live_table(md, srcu_idx);\n"
+               "\t\tdm_put(md);\n\t\treturn false;\n\t}\n") == []

@@ -1,12 +1,10 @@
 """lock-imbalance (LCK002): a new path leaves a function with a lock held."""
 from __future__ import annotations
 
-import json
 import re
-import zlib
 
 from reviewbot.analysis import cparse
-from reviewbot.analysis import facts as F
+from reviewbot.analysis import lockpairs as lp
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
@@ -113,7 +111,7 @@ class LockImbalance(Rule):
                         continue
                     if h.key in fl.conditional and h.key not in fl.flagged:
                         continue
-                    if h.key in fl.uncertain and not self._only_handed(ctx, fl, h.key):
+                    if h.key in fl.uncertain and not lp.handed_only(fl, h.key, self._kbv(ctx), ext):
                         continue
                     out.append((h, ex, _via(fl, ex, st)))
         return out
@@ -142,55 +140,9 @@ class LockImbalance(Rule):
         return self._kb
 
     def _tree_pairs(self, ctx, info, fn) -> dict:
-        """Lock wrappers of other files the function calls in pairs,
-        named alike (dm_get_live_table() / dm_put_live_table()) and
-        vouched for by the tree: the first returns with a lock held on
-        every path, the second releases that lock class without taking it.
-        -> {name: ("acquire" | "release", acquire name)} for the walker."""
-        names = fn.call_names
-        cands = []
-        for a in sorted(names):
-            if a in lf.ACQUIRE or a in lf.RELEASE or a in lf.TRYLOCK or a in lf.ZEROLOCK or a in info.summaries:
-                continue
-            toks = a.split("_")
-            for x, y in _SWAPS:
-                if x in toks:
-                    r = "_".join(y if t == x else t for t in toks)
-                    if r in names and r not in lf.RELEASE and r not in info.summaries:
-                        cands.append((a, r))
-        if not cands or not self._kbv(ctx):
+        if not lp.pair_candidates(info, fn) or not self._kbv(ctx):
             return {}
-        out = {}
-        for a, r in cands:
-            if (a, r) not in self._pairs:
-                self._pairs[(a, r)] = _tree_pair(self._kb, a, r)
-            if self._pairs[(a, r)]:
-                out[a] = ("acquire", a)
-                out[r] = ("release", a)
-        return out
-
-    def _only_handed(self, ctx, fl, key) -> bool:
-        """A lock taken with a wrapper on an object (l2cap_chan_lock(chan),
-        filemap_invalidate_lock(mapping)) is 'uncertain' once the object
-        goes to a call; it stays held when each such call is no release
-        by its name and the tree knows it as no lock wrapper that
-        releases."""
-        if key not in fl.handed:
-            return False
-        hs = [h for h, _ in fl.acquires if h.key == key]
-        if not hs or any(h.how == "cond" or not _object_wrapper(h) for h in hs):
-            return False
-        self._kbv(ctx)
-        for callee in fl.handed[key]:
-            if callee in lf.RELEASE or lf.paired_wrapper(callee, fl.fn.call_names) in (
-                    ("release", h.call) for h in hs):
-                continue        # the lock's own release
-            if _RELEASE_WORD.search(callee):
-                return False
-            ops = self._kb.lock_wrapper(callee) if self._kb else None
-            if ops and any(op[0] == "r" for op in ops):
-                return False
-        return True
+        return lp.tree_pairs(self._kb, info, fn, self._pairs)
 
     def _finding(self, fv, fn, h, ex, via, added):
         fl = lf.flow_of(lf.image(fv, "post"), fn.name)
@@ -236,61 +188,8 @@ class LockImbalance(Rule):
         return self.finding(fv.path, line, msg, related=related, confidence=conf)
 
 
-_SWAPS = (("get", "put"), ("acquire", "release"), ("begin", "end"), ("start", "end"), ("start", "stop"),
-          ("enter", "exit"), ("enter", "leave"), ("hold", "release"), ("grab", "release"),
-          ("claim", "release"), ("down", "up"))
-
-
-def _tree_pair(kb, a: str, r: str):
-    """(lock class, kind, R) when the tree's A returns with a lock held
-    on every path and its R releases that class without taking it."""
-    ops_a, ops_r = kb.lock_wrapper(a) or [], kb.lock_wrapper(r) or []
-    for op, cls, kind in ops_a:
-        if op == "a" and ("r", cls, kind) in ops_r:
-            return cls, kind, r
-    fa, fr = _kb_facts(kb, a), _kb_facts(kb, r)
-    if fa is None or fr is None:
-        return None
-    _, acq, _, exits, _ = F.simulate(fa["ev"], kb.wrappers, fa["t"], fa["p"])
-    if fa["ev"][-2:] == ["R", "}T"]:
-        exits = exits[:-1]       # the fall-off end after a last return
-    if not exits or not acq:
-        return None
-    common = set(exits[0]).intersection(*map(set, exits[1:]))
-    _, _, _, _, unmatched = F.simulate(fr["ev"], kb.wrappers, fr["t"], fr["p"])
-    gone = {(c, k) for c, k, _, _ in unmatched}
-    for cls, kind, _, _ in acq:
-        if cls in common and (cls, kind) in gone and kind not in ("irq", "bh", "preempt"):
-            return cls, kind, r
-    return None
-
-
-def _kb_facts(kb, name: str):
-    """The knowledge base's facts of NAME's (first) definition."""
-    defs = kb.definitions(name)
-    if not defs or defs[0]["macro"] or defs[0]["stub"]:
-        return None
-    d = defs[0]
-    if d["source"] != "base":
-        return d.get("fn")
-    row = kb.db.execute("SELECT b.facts FROM files f JOIN blobs b ON b.blob = f.blob WHERE f.path=?",
-                        (d["path"],)).fetchone()
-    if row is None:
-        return None
-    for fn in json.loads(zlib.decompress(row[0])).get("funcs", ()):
-        if fn["n"] == name and fn["l"] == d["line"]:
-            return fn
-    return None
-
-
-_RELEASE_WORD = re.compile(r"(^|_)(unlock|release|releases|drop|done|finish)(_|$)")
-# wrappers of a lock that IS the object (a page's or a buffer's lock bit):
-# the object goes to calls that unlock it (block_write_full_page())
-_SELF_LOCKS = frozenset(("page", "folio", "buffer"))
-
-
 def _display(h) -> str:
-    if _object_wrapper(h) and h.how != "entry":
+    if lp.object_wrapper(h) and h.how != "entry":
         return f"the lock of '{h.expr}'"
     return lf.display(h)
 
@@ -312,14 +211,6 @@ def _via(fl, ex, st) -> int | None:
                     if ml is not None and cparse.node_text(ml) == name:
                         return via if via < cparse.line_of(m) <= ex.line else None
     return via
-
-
-def _object_wrapper(h) -> bool:
-    """A lock taken by a wrapper given the object it lives in."""
-    if h.kind == "wrap":
-        return True
-    stem = lf._wrap_stem(h.call)
-    return stem in lf._WRAP_NAMES and stem not in _SELF_LOCKS
 
 
 def _annotation(fn_node, name: str) -> str | None:

@@ -129,10 +129,23 @@ class LockImbalance(Rule):
         fl = lf.flow_with(info, name, entry=(h0,))
         if fl is None or fl.too_complex or key in fl.uncertain or key in fl.conditional:
             return []
+        for c in fl.calls:
+            if c.name in lf.RELEASE or c.name in lf.ACQUIRE:
+                continue
+            for a in c.args:
+                a = a.strip()
+                if lf.lock_key(a, fl.types) == key or lp._RELEASE_WORD.search(a) and re.match(r"^\w+$", a):
+                    return []   # the lock (or an unlock callback) goes to a call: it may drop it
         keep = [(ex, st) for ex in fl.exits for st in ex.states if h0 in st]
         if not keep or len(keep) == sum(len(ex.states) for ex in fl.exits):
             return []       # released on no path: not a lock this function drops
-        return [(h0, ex, _via(fl, ex, st)) for ex, st in keep]
+        # the kernel's __releases() is loose: a function may keep the lock
+        # when it fails (do_signal_stop() returns false with siglock held).
+        # A failing path keeping it is news only when another failing path
+        # releases it.
+        if not any(_failing(fl, ex) and all(h0 not in st for st in ex.states) for ex in fl.exits):
+            return []
+        return [(h0, ex, _via(fl, ex, st)) for ex, st in keep if _failing(fl, ex)]
 
     def _kbv(self, ctx):
         if self._kb is None:
@@ -186,6 +199,12 @@ class LockImbalance(Rule):
         else:
             conf = "high" if line in added and h.stable else "medium"
         return self.finding(fv.path, line, msg, related=related, confidence=conf)
+
+
+def _failing(fl, ex) -> bool:
+    """An exit returning an error-looking value (or nothing)."""
+    val = lf.return_value(fl, ex.line)
+    return val is None or val == "" or bool(lf._ERRORISH.match(val))
 
 
 def _display(h) -> str:

@@ -119,7 +119,7 @@ def handed_only(fl, key: str, kb, ext: dict | None = None) -> bool:
     if key not in fl.handed:
         return False
     hs = [h for h, _ in fl.acquires if h.key == key]
-    if not hs or any(h.how == "cond" or not object_wrapper(h) for h in hs):
+    if not hs or any(h.how == "cond" or not object_wrapper(h) or not _plain_take(fl, h) for h in hs):
         return False
     own = {("release", h.call) for h in hs}
     for callee in fl.handed[key]:
@@ -132,3 +132,21 @@ def handed_only(fl, key: str, kb, ext: dict | None = None) -> bool:
         if ops and any(op[0] == "r" for op in ops):
             return False
     return True
+
+
+_OBJECT = re.compile(r"^[A-Za-z_]\w*(?:(?:->|\.)[A-Za-z_]\w*)*$")
+
+
+def _plain_take(fl, h) -> bool:
+    """The wrapper is called as a statement of its own (a result that is
+    checked says it may fail: `ret = mddev_lock(mddev); if (ret) ...`) on
+    an object named by a pointer (`chan`, `hdev`, `dev->mapping`), not on
+    the address of a member (`lock_extent(&tree, start, end)`: a range or
+    a bit that other calls on the member can drop)."""
+    for c in fl.calls:
+        if c.name == h.call and c.line == h.line:
+            par = c.node.parent
+            if par is None or par.type != "expression_statement" or not c.args:
+                return False
+            return bool(_OBJECT.match(c.args[0].strip()))
+    return False

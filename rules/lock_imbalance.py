@@ -141,11 +141,11 @@ class LockImbalance(Rule):
             return []       # released on no path: not a lock this function drops
         # the kernel's __releases() is loose: a function may keep the lock
         # when it fails (do_signal_stop() returns false with siglock held).
-        # A failing path keeping it is news only when another failing path
-        # releases it.
-        if not any(_failing(fl, ex) and all(h0 not in st for st in ex.states) for ex in fl.exits):
-            return []
-        return [(h0, ex, _via(fl, ex, st)) for ex, st in keep if _failing(fl, ex)]
+        # A failing path keeping it is news when it returns an errno, or
+        # when another failing path releases it.
+        other = any(_failing(fl, ex) and all(h0 not in st for st in ex.states) for ex in fl.exits)
+        return [(h0, ex, _via(fl, ex, st)) for ex, st in keep
+                if _failing(fl, ex) and (other or re.match(r"^-\s*E[A-Z0-9]+$", lf.return_value(fl, ex.line) or ""))]
 
     def _kbv(self, ctx):
         if self._kb is None:

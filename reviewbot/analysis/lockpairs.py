@@ -119,11 +119,13 @@ def handed_only(fl, key: str, kb, ext: dict | None = None) -> bool:
     if key not in fl.handed:
         return False
     hs = [h for h, _ in fl.acquires if h.key == key]
-    if not hs or any(h.how == "cond" or not object_wrapper(h) or not _plain_take(fl, h) for h in hs):
+    ext = ext or {}
+    if not hs or any(h.how == "cond" or not object_wrapper(h) or
+                     (h.call not in ext and not _plain_take(fl, h)) for h in hs):
         return False
     own = {("release", h.call) for h in hs}
     for callee in fl.handed[key]:
-        if callee in lf.RELEASE or (ext or {}).get(callee) in own or \
+        if callee in lf.RELEASE or ext.get(callee) in own or \
                 lf.paired_wrapper(callee, fl.fn.call_names) in own:
             continue        # the lock's own release
         if _RELEASE_WORD.search(callee):
@@ -138,7 +140,7 @@ _OBJECT = re.compile(r"^[A-Za-z_]\w*(?:(?:->|\.)[A-Za-z_]\w*)*$")
 
 
 def _plain_take(fl, h) -> bool:
-    """The wrapper is called as a statement of its own (a result that is
+    """(For a wrapper the tree does not vouch for.)  The wrapper is called as a statement of its own (a result that is
     checked says it may fail: `ret = mddev_lock(mddev); if (ret) ...`) on
     an object named by a pointer (`chan`, `hdev`, `dev->mapping`), not on
     the address of a member (`lock_extent(&tree, start, end)`: a range or

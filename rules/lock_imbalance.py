@@ -111,7 +111,7 @@ class LockImbalance(Rule):
                         continue
                     if h.key in fl.conditional and h.key not in fl.flagged:
                         continue
-                    if h.key in fl.uncertain and not lp.handed_only(fl, h.key, self._kbv(ctx), ext):
+                    if h.key in fl.uncertain and not lp.handed_only(fl, h.key, self._kbv(ctx), ext, info):
                         continue
                     out.append((h, ex, _via(fl, ex, st)))
         return out

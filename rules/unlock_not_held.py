@@ -70,12 +70,12 @@ class UnlockNotHeld(Rule):
                     ext = lp.tree_pairs(kb, post, fn, pairs) if kb else {}
                 if kb is None:
                     kb = ctx.knowledge or False
-                got = _unheld(_flow(post, fn.name, ext), ext, kb)
+                got = _unheld(_flow(post, fn.name, ext), ext, kb, post)
                 if not got:
                     continue
                 if pre is None:
                     pre = lf.image(fv, "pre")
-                old = {(key, line) for key, line, _ in _unheld(_flow(pre, fn.name, ext), ext, kb)}
+                old = {(key, line) for key, line, _ in _unheld(_flow(pre, fn.name, ext), ext, kb, pre)}
                 for key, line, last in got:
                     if (key, fv.old_line(line)) in old:
                         continue
@@ -117,7 +117,7 @@ def _release_key(c, fl, ext) -> str | None:
     return "?" + pair[1] + "(" + (re.sub(r"\s+", "", lf._strip(c.args[0])) if c.args else "") + ")"
 
 
-def _unheld(fl, ext=None, kb=False) -> list[tuple[str, int, int | None]]:
+def _unheld(fl, ext=None, kb=False, info=None) -> list[tuple[str, int, int | None]]:
     """(key, line of the release, line of a release before it on the way)
     for each release call that no path reaching it holds its lock on."""
     if fl is None or fl.too_complex or lf.fn_skipped_for_balance(fl):
@@ -146,7 +146,7 @@ def _unheld(fl, ext=None, kb=False) -> list[tuple[str, int, int | None]]:
         key = rkey[id(c)]
         if key in ("irq", "bh", "preempt") or key not in taken:
             continue
-        if key in fl.conditional or key in fl.uncertain and not lp.handed_only(fl, key, kb, ext):
+        if key in fl.conditional or key in fl.uncertain and not lp.handed_only(fl, key, kb, ext, info):
             continue
         if first_release.get(key, 0) < first_take.get(key, 0):
             continue        # dropped first: the caller holds it (drop and retake)

@@ -12,6 +12,7 @@ import json
 import re
 import zlib
 
+from reviewbot.analysis import cparse
 from reviewbot.analysis import facts as F
 from reviewbot.analysis import lockflow as lf
 
@@ -44,22 +45,30 @@ def tree_pair(kb, a: str, r: str):
     return None
 
 
-def _kb_facts(kb, name: str):
+def _kb_facts(kb, name: str, macros: bool = False):
     """The knowledge base's facts of NAME's (first) definition."""
     defs = kb.definitions(name)
-    if not defs or defs[0]["macro"] or defs[0]["stub"]:
+    if not defs or (defs[0]["macro"] and not macros) or defs[0]["stub"]:
         return None
     d = defs[0]
     if d["source"] != "base":
         return d.get("fn")
-    row = kb.db.execute("SELECT b.facts FROM files f JOIN blobs b ON b.blob = f.blob WHERE f.path=?",
-                        (d["path"],)).fetchone()
-    if row is None:
-        return None
-    for fn in json.loads(zlib.decompress(row[0])).get("funcs", ()):
+    ck = (id(kb.db), d["path"])
+    funcs = _FILE_FACTS.get(ck)
+    if funcs is None:
+        row = kb.db.execute("SELECT b.facts FROM files f JOIN blobs b ON b.blob = f.blob WHERE f.path=?",
+                            (d["path"],)).fetchone()
+        funcs = json.loads(zlib.decompress(row[0])).get("funcs", ()) if row is not None else ()
+        if len(_FILE_FACTS) > 32:
+            _FILE_FACTS.pop(next(iter(_FILE_FACTS)))
+        _FILE_FACTS[ck] = funcs
+    for fn in funcs:
         if fn["n"] == name and fn["l"] == d["line"]:
             return fn
     return None
+
+
+_FILE_FACTS: dict = {}
 
 
 def pair_candidates(info, fn) -> list[tuple[str, str]]:
@@ -108,14 +117,15 @@ def object_wrapper(h) -> bool:
     return stem in lf._WRAP_NAMES and stem not in _SELF_LOCKS
 
 
-def handed_only(fl, key: str, kb, ext: dict | None = None) -> bool:
+def handed_only(fl, key: str, kb, ext: dict | None = None, info=None) -> bool:
     """Whether lock KEY is 'uncertain' in FL (lockflow.Flow.uncertain)
     only for a wrapper's object handed to calls that do not release it: a
     lock taken with a wrapper on an object (l2cap_chan_lock(chan),
     filemap_invalidate_lock(mapping)) becomes uncertain once the object
-    goes to any call; it stays held when each such call is no release by
-    its name and the tree (KB, or False) knows it as no lock wrapper that
-    releases."""
+    goes to any call; it stays held when each such call is known to
+    release nothing: a function of the same file (INFO, the image) that
+    calls no unlock or release, or one of the tree (KB, or False) whose
+    walk drops no lock it did not take."""
     if key not in fl.handed:
         return False
     hs = [h for h, _ in fl.acquires if h.key == key]
@@ -128,12 +138,42 @@ def handed_only(fl, key: str, kb, ext: dict | None = None) -> bool:
         if callee in lf.RELEASE or ext.get(callee) in own or \
                 lf.paired_wrapper(callee, fl.fn.call_names) in own:
             continue        # the lock's own release
-        if _RELEASE_WORD.search(callee):
-            return False
-        ops = kb.lock_wrapper(callee) if kb else None
-        if ops and any(op[0] == "r" for op in ops):
+        if _RELEASE_WORD.search(callee) or _may_release(callee, kb, info) is not False:
             return False
     return True
+
+
+_UNLOCKISH = re.compile(r"(^|_)(unlock|release|releases)(_|$)")
+
+
+def _may_release(callee: str, kb, info) -> bool | None:
+    """Whether CALLEE may release a lock its caller holds: True, False, or
+    None (nobody can tell)."""
+    if info is not None and callee in info.byname:
+        f = info.byname[callee]
+        d = f.node.child_by_field_name("declarator")
+        if d is not None and "__releases" in cparse.node_text(d):
+            return True
+        return any(_UNLOCKISH.search(n) for n in f.call_names)
+    if not kb:
+        return None
+    if not re.match(r"^\w+$", callee):
+        return False        # an ops callback: what it does is the driver's, taken as releasing nothing
+    ops = kb.lock_wrapper(callee)
+    if ops and any(op[0] == "r" for op in ops):
+        return True
+    if not kb.definitions(callee):
+        # the knowledge base keeps every function and the macros that
+        # mention a lock: one it does not know is a plain accessor macro
+        # (hdev_is_powered())
+        return False
+    fn = _kb_facts(kb, callee, macros=True)
+    if fn is None:
+        return None
+    if any(type(e) is not str and e[0] == "c" and _UNLOCKISH.search(e[1]) for e in fn["ev"]):
+        return True
+    unmatched = F.simulate(fn["ev"], kb.wrappers, fn["t"], fn["p"])[4]
+    return any(k not in ("irq", "bh", "preempt") for _, k, _, _ in unmatched)
 
 
 _OBJECT = re.compile(r"^[A-Za-z_]\w*(?:(?:->|\.)[A-Za-z_]\w*)*$")

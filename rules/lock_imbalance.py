@@ -95,12 +95,16 @@ class LockImbalance(Rule):
             return []
         ann = _annotation(fl.fn.node, "__releases")
         if fl.annotated:
-            both = _annotation(fl.fn.node, "__acquires") or _annotation(fl.fn.node, "__must_hold")
+            must = _annotation(fl.fn.node, "__must_hold")
+            if must and not ann and not _annotation(fl.fn.node, "__acquires"):
+                return self._dropped(info, name, must, "__must_hold", ext)
+            both = _annotation(fl.fn.node, "__acquires") or must
             return self._kept(ctx, info, name, ann) if ann and not both else []
+        held = _asserted(fl)
+        out = self._dropped(info, name, held, "lockdep_assert_held", ext) if held else []
         if lf.fn_skipped_for_balance(fl):
-            return []
+            return out
         released = fl.released
-        out = []
         for ex in fl.exits:
             val = lf.return_value(fl, ex.line)
             if val is not None and val != "" and not lf._ERRORISH.match(val):
@@ -116,6 +120,26 @@ class LockImbalance(Rule):
                     out.append((h, ex, _via(fl, ex, st)))
         return out
 
+    def _dropped(self, info, name, expr, why, ext):
+        """Exits of a function its callers call with EXPR held (annotated
+        __must_hold(), or asserting lockdep_assert_held() first) that
+        return with the lock released, when its other exits keep it: the
+        caller goes on as if it held it, and releases it again."""
+        fl0 = lf.flow_with(info, name, extern=ext)
+        key, lexpr = lf.key_of_call("spin_unlock", "spin", (expr,), fl0.types)
+        kinds = [lf.RELEASE[c.name] for c in fl0.calls if c.name in lf.RELEASE and
+                 lf.key_of_call(c.name, lf.RELEASE[c.name], c.args, fl0.types)[0] == key]
+        if not kinds or key in lf.PSEUDO or not lf.Held(key, "", 0, "", "").stable:
+            return []
+        h0 = lf.Held(key, kinds[0], fl0.fn.start, lexpr, why, "held")
+        fl = lf.flow_with(info, name, entry=(h0,), extern=ext)
+        if fl is None or fl.too_complex or key in fl.uncertain or key in fl.conditional or _lock_passed(fl, key):
+            return []
+        drop = [(ex, st) for ex in fl.exits for st in ex.states if not any(h.key == key for h in st)]
+        if not drop or len(drop) == sum(len(ex.states) for ex in fl.exits):
+            return []       # dropped on every path: a function meant to release it
+        return [(h0, ex, _via(fl, ex, st)) for ex, st in drop]
+
     def _kept(self, ctx, info, name, expr):
         """Exits of a function annotated __releases(EXPR) that still hold
         that lock, when the function releases it on other paths."""
@@ -129,13 +153,8 @@ class LockImbalance(Rule):
         fl = lf.flow_with(info, name, entry=(h0,))
         if fl is None or fl.too_complex or key in fl.uncertain or key in fl.conditional:
             return []
-        for c in fl.calls:
-            if c.name in lf.RELEASE or c.name in lf.ACQUIRE:
-                continue
-            for a in c.args:
-                a = a.strip()
-                if lf.lock_key(a, fl.types) == key or lp._RELEASE_WORD.search(a) and re.match(r"^\w+$", a):
-                    return []   # the lock (or an unlock callback) goes to a call: it may drop it
+        if _lock_passed(fl, key):
+            return []
         keep = [(ex, st) for ex in fl.exits for st in ex.states if h0 in st]
         if not keep or len(keep) == sum(len(ex.states) for ex in fl.exits):
             return []       # released on no path: not a lock this function drops
@@ -175,6 +194,12 @@ class LockImbalance(Rule):
                    f"{h.call}() returns holding on every path and {pair[2]}() releases, but "
                    f"{path} leaves the function without calling {pair[2]}(). "
                    f"Is a {pair[2]}() missing on this path?")
+        elif h.how == "held":
+            how = ("is annotated __must_hold(" + h.expr + ")" if h.call == "__must_hold" else
+                   "asserts with lockdep_assert_held() that its caller holds " + h.expr)
+            msg = (f"{fn.name}() {how}, and its other paths return with it held, but {path} "
+                   f"returns after releasing it: the caller goes on as if it held it, and "
+                   f"releases it again. Is the unlock on this path (or a re-lock) missing?")
         elif h.how == "entry":
             msg = (f"{fn.name}() is annotated __releases({h.expr}) and releases it on the "
                    f"other paths, but {path} leaves the function with it still held. "
@@ -199,6 +224,46 @@ class LockImbalance(Rule):
         else:
             conf = "high" if line in added and h.stable else "medium"
         return self.finding(fv.path, line, msg, related=related, confidence=conf)
+
+
+def _lock_passed(fl, key) -> bool:
+    """The lock (or an *unlock callback) goes to a call other than a lock
+    primitive: that call may drop or retake it."""
+    for c in fl.calls:
+        if c.name in lf.RELEASE or c.name in lf.ACQUIRE or c.name.startswith("lockdep_"):
+            continue
+        for a in c.args:
+            a = a.strip()
+            if lf.lock_key(a, fl.types) == key or lp._RELEASE_WORD.search(a) and re.match(r"^\w+$", a):
+                return True
+    return False
+
+
+_ASSERT_HELD = frozenset(("lockdep_assert_held", "lockdep_assert_held_write", "lockdep_assert_held_read",
+                          "lockdep_assert_held_once"))
+
+
+def _asserted(fl) -> str | None:
+    """The lock a function asserts its caller holds, with a
+    lockdep_assert_held() as its first statement after the declarations
+    (after a call or a return, the lock may be the function's own doing,
+    comedi_alloc_board_minor() locked dev->mutex)."""
+    body = fl.fn.node.child_by_field_name("body")
+    if body is None:
+        return None
+    for st in body.named_children:
+        if st.type in ("comment", "declaration"):
+            if st.type == "declaration" and cparse.query_nodes(st, "call_expression"):
+                return None
+            continue
+        if st.type == "expression_statement" and st.named_children and \
+                st.named_children[0].type == "call_expression":
+            call = st.named_children[0]
+            args = lf._call_args(call)
+            if lf._call_name(call) in _ASSERT_HELD and len(args) == 1:
+                return args[0]
+        return None
+    return None
 
 
 def _failing(fl, ex) -> bool:

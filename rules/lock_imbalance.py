@@ -23,10 +23,21 @@ class LockImbalance(Rule):
     releases that lock on other paths, is reported, unless the pre-image
     of the function already had the same imbalance.  Trylock and
     `mutex_lock_interruptible()` results are followed per branch;
-    `guard()`/`scoped_guard()` need no unlock; functions annotated
-    `__acquires`/`__releases`/`__must_hold`, or whose name says they
-    return with the lock held (`*_lock`, `*_start`, ...), are skipped, as
-    are locks taken conditionally in one branch and released in another.
+    `guard()`/`scoped_guard()` need no unlock; functions whose name says
+    they return with the lock held (`*_lock`, `*_start`, ...) are skipped,
+    as are locks taken conditionally in one branch and released in
+    another, unless a local flag follows the lock (`locked = true;` beside
+    the lock, `if (locked) unlock();`), which the walk then splits on.
+    A lock taken by a wrapper on an object (`l2cap_chan_lock(chan)`)
+    stays held when the object goes to calls known to release nothing
+    (same-file helpers, or the tree's knowledge base); wrappers of other
+    files called in pairs (`dm_get_live_table()`/`dm_put_live_table()`)
+    count as a lock when the knowledge base vouches for them.
+    Functions entered with a lock held are walked with it: annotated
+    `__releases(X)`, a failing path that keeps X while others release it
+    is reported; annotated `__must_hold(X)` or asserting
+    `lockdep_assert_held(X)` first, a path that returns with X released
+    while the others keep it.
 
     ## Why is this bad?
     A lock left held on an error path deadlocks the next taker; an RCU

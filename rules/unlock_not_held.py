@@ -20,8 +20,10 @@ class UnlockNotHeld(Rule):
     walk as lock-imbalance: branches, `goto` ladders, loops, trylocks,
     `guard()`) and, at each release call (`spin_unlock*()`,
     `mutex_unlock()`, `up_*()`, `rcu_read_unlock*()`, `release_sock()`,
-    wrappers such as `iio_device_release_direct_mode()` and any
-    `X_unlock()` whose `X_lock()` the function also calls), checks whether
+    wrappers such as `iio_device_release_direct_mode()`, any
+    `X_unlock()` whose `X_lock()` the function also calls, and pairs of
+    other files the tree's knowledge base vouches for, such as
+    `dm_put_live_table()` after `dm_get_live_table()`), checks whether
     the lock is held on some path that reaches it.  When it is held on
     none, although the function takes that lock elsewhere, the release is
     reported, unless the pre-image already had the same one.  Functions

@@ -80,15 +80,24 @@ class RecursiveLock(Rule):
                         conf = "medium" if (_hands_object(c, h, lf.flow_of(post, fn.name).types)
                                             or _is_global(h)) else "low"
                     else:
-                        conf = "medium" if _same_object(post, c, h, path) else "low"
+                        # the chain comes back into this very function and its
+                        # own acquisition: the same class again, with no nesting
+                        # annotation (lockdep: "possible recursive locking")
+                        again_here = getattr(path, "at", None) == (fn.name, h.line)
+                        conf = "medium" if again_here or _same_object(post, c, h, path) else "low"
                     if post.shown is not None and conf == "medium" and not post.decided(h.line, c.line):
                         conf = "low"
                     via = "; ".join(path if len(path) <= 4 else path[:2] + ["..."] + path[-2:])
                     again = ("takes the same lock again" if len(path) <= 3 else
                              "can reach code that takes the same lock again")
+                    ask = "Won't that deadlock on itself?"
+                    if getattr(path, "at", None) == (fn.name, h.line):
+                        again = f"comes back into {fn.name}(), which takes a lock of that class again"
+                        ask = ("On the same object that deadlocks; on another one (a child, a peer) "
+                               "lockdep reports recursive locking, and the two orders can invert. "
+                               "Is this recursion safe?")
                     msg = (f"{fn.name}() calls {c.name}() with {lf.display(h)} held (taken at line "
-                           f"{h.line}), and {c.name}() {again}: {via}. "
-                           f"Won't that deadlock on itself?")
+                           f"{h.line}), and {c.name}() {again}: {via}. {ask}")
                     yield self.finding(fv.path, c.line, msg, confidence=conf,
                                        related=[Location(fv.path, h.line, f"{lf.display(h)} taken here")])
 
@@ -146,6 +155,7 @@ def _callee_takes(info, name, kb, path) -> dict[str, list[str]]:
                     if h.how != "cond" and "nested" not in h.call and not h.call.startswith(("read_", "down_read")):
                         if h.key not in out:
                             out[h.key] = _Witness(steps + [f"{n}() takes it with {h.call}() at line {h.line}"])
+                            out[h.key].at = (n, h.line)
                             if n == name:
                                 out[h.key].expr = h.expr
                 for c in fl.calls:
@@ -260,6 +270,7 @@ class _Witness(list):
         super().__init__(steps)
         self.expr = None
         self.tree = tree
+        self.at = None      # (function, line) of the acquisition, same file
 
 
 def _same_object(info, c, h, w) -> bool:

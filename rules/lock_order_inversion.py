@@ -180,7 +180,7 @@ class LockOrderInversion(Rule):
         for fv, touched, post in lf.touched_files(ctx):
             names = {fn.name for fn, _ in touched}
             new = edges(post, names)
-            if not new:
+            if not new and not (ctx.knowledge and any(lf.may_lock(post, n) for n in names)):
                 continue
             pre = lf.image(fv, "pre")
             old = {(e.outer, e.inner, e.func) for e in edges(pre, names)}

@@ -140,7 +140,13 @@ class LockOrderInversion(Rule):
     are one class) and generic fields by struct type (`bucket->lock` with
     `struct bpf_shtab_bucket *bucket` is `bpf_shtab_bucket.lock`).  An
     order edge new in the post-image whose reverse exists is reported
-    with both functions named and the other site attached.
+    with both functions named and the other site attached.  With the
+    tree's knowledge base, the reverse order is also looked for tree-wide
+    (its mined lock order, with the witness path), and a call made with a
+    lock held to a function of another file adds the classes that
+    function takes (itself or one call down) as edges, each with its
+    steps; such an edge whose reverse the tree has is reported at medium,
+    naming both witness paths.
 
     ## Why is this bad?
     Two paths taking the same two locks in opposite orders deadlock when

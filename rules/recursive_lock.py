@@ -27,8 +27,15 @@ class RecursiveLock(Rule):
     the witness path).  A callee that takes the same lock class is
     reported; at medium confidence when the call hands it the object the
     held lock lives in (or the class is a named field of its own), else
-    low.  Read locks and RCU sections, `*_nested()` acquisitions and pairs
-    the pre-image already had are left out.
+    low.  A chain that comes back into the function itself and its own
+    acquisition is medium too (the same class again with no nesting
+    annotation: lockdep's "possible recursive locking", and on a child
+    object an order that can invert).  For a global lock, or a lock whose
+    field names its class in an object the call is handed, the knowledge
+    base is searched further (breadth first, five calls down) for the
+    shortest chain to where that class is taken; a global taken again is
+    medium (it is one object).  Read locks and RCU sections, `*_nested()`
+    acquisitions and pairs the pre-image already had are left out.
 
     ## Why is this bad?
     A mutex or spinlock taken twice by the same task deadlocks at once;

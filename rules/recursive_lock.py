@@ -253,6 +253,8 @@ def _reach(kb, name, path, key):
             for t in taken:
                 if t.get("kind") in ("read", "rcu", "irq", "bh", "preempt"):
                     continue
+                if re.search(r"with \w*(trylock|_nested)\w*\(\)", t["path"][-1]):
+                    continue        # does not wait, or annotated as another subclass
                 if key_matches(key, t["class"]):
                     w = [re.sub(r" \([^()]*:\d+\)", "()", s) for s in steps + t["path"]]
                     return _Witness(w, tree=True)

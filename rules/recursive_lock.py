@@ -27,8 +27,8 @@ class RecursiveLock(Rule):
     the witness path).  A callee that takes the same lock class is
     reported; at medium confidence when the call hands it the object the
     held lock lives in (or the class is a named field of its own), else
-    low.  A chain that comes back into the function itself and its own
-    acquisition is medium too (the same class again with no nesting
+    low.  A chain that comes back into the function itself (one the
+    pre-image had) and its own acquisition is medium too (the same class again with no nesting
     annotation: lockdep's "possible recursive locking", and on a child
     object an order that can invert).  For a global lock, or a lock whose
     field names its class in an object the call is handed, the knowledge
@@ -90,7 +90,10 @@ class RecursiveLock(Rule):
                         # the chain comes back into this very function and its
                         # own acquisition: the same class again, with no nesting
                         # annotation (lockdep: "possible recursive locking")
-                        again_here = getattr(path, "at", None) == (fn.name, h.line)
+                        # (in a function the tree had: a new file or function
+                        # that nests its own class is a design to ask about,
+                        # not a change that broke one, so it stays low)
+                        again_here = getattr(path, "at", None) == (fn.name, h.line) and fn.name in pre.byname
                         conf = "medium" if again_here or _same_object(post, c, h, path) else "low"
                     if post.shown is not None and conf == "medium" and not post.decided(h.line, c.line):
                         conf = "low"

@@ -8,6 +8,7 @@ from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
 from reviewbot.analysis import lockflow as lf
+from reviewbot.tree.kbquery import key_matches
 
 
 class Edge(NamedTuple):
@@ -75,6 +76,52 @@ def _fn_edges(info: lf.ImageInfo, fl, start: int) -> tuple:
     return tuple(out)
 
 
+def kb_edges(info: lf.ImageInfo, names: set[str], kb, path: str) -> list[Edge]:
+    """Edges through calls to functions of other files: "B taken while A
+    held" when a call made with A held goes to a function that, itself or
+    one call down, takes B (from the knowledge base; `via` names the
+    callee, `witness` the steps)."""
+    out = []
+    for name in sorted(names):
+        fl = lf.flow_of(info, name)
+        if fl is None:
+            continue
+        for c in fl.calls:
+            if c.name in info.byname or c.name == name or c.name in lf.ACQUIRE or c.name in lf.RELEASE \
+                    or c.name in lf.TRYLOCK or c.name in lf.ZEROLOCK:
+                continue
+            held = [g for g in lf.must_held(c.states) if _usable(g.key) and g.how != "cond"]
+            if not held:
+                continue
+            try:
+                taken = kb.locks_taken(c.name, path, depth=1)
+            except Exception:
+                continue
+            for t in taken:
+                if t.get("kind") in ("rcu", "irq", "bh", "preempt") or t["class"].startswith("@"):
+                    continue
+                k = t["class"][len("struct "):] if t["class"].startswith("struct ") else t["class"]
+                for g in held:
+                    if key_matches(g.key, t["class"]) or not _usable(k):
+                        continue
+                    out.append(_KbEdge(g.key, k, name, c.line, g.line, g.expr, k, c.name, False,
+                                       tuple(t["path"])))
+    return out
+
+
+class _KbEdge(NamedTuple):
+    outer: str
+    inner: str
+    func: str
+    line: int
+    outer_line: int
+    outer_expr: str
+    inner_expr: str
+    via: str
+    maybe: bool
+    witness: tuple
+
+
 def _usable(key: str) -> bool:
     return not key.startswith("?") and key not in lf.PSEUDO and key != "sk_lock"
 
@@ -93,7 +140,13 @@ class LockOrderInversion(Rule):
     are one class) and generic fields by struct type (`bucket->lock` with
     `struct bpf_shtab_bucket *bucket` is `bpf_shtab_bucket.lock`).  An
     order edge new in the post-image whose reverse exists is reported
-    with both functions named and the other site attached.
+    with both functions named and the other site attached.  With the
+    tree's knowledge base, the reverse order is also looked for tree-wide
+    (its mined lock order, with the witness path), and a call made with a
+    lock held to a function of another file adds the classes that
+    function takes (itself or one call down) as edges, each with its
+    steps; such an edge whose reverse the tree has is reported at medium,
+    naming both witness paths.
 
     ## Why is this bad?
     Two paths taking the same two locks in opposite orders deadlock when
@@ -133,7 +186,7 @@ class LockOrderInversion(Rule):
         for fv, touched, post in lf.touched_files(ctx):
             names = {fn.name for fn, _ in touched}
             new = edges(post, names)
-            if not new:
+            if not new and not (ctx.knowledge and any(lf.may_lock(post, n) for n in names)):
                 continue
             pre = lf.image(fv, "pre")
             old = {(e.outer, e.inner, e.func) for e in edges(pre, names)}
@@ -158,6 +211,21 @@ class LockOrderInversion(Rule):
                 added = added_by_fn[e.func]
                 line = lf.report_line([e.line, e.outer_line], added, e.line)
                 yield self._finding(fv, e, where, rev, line)
+            kb = ctx.knowledge
+            if not kb:
+                continue
+            pre_kb = {(e.outer, e.inner, e.func) for e in kb_edges(pre, names, kb, fv.path)}
+            for e in kb_edges(post, names, kb, fv.path):
+                if (e.outer, e.inner, e.func) in pre_kb or (e.outer, e.inner, e.func) in old:
+                    continue
+                if (e.func, e.line) in reported or (e.func, frozenset((e.outer, e.inner))) in reported:
+                    continue
+                witness = kb.order_edge_for_keys(e.inner, e.outer)
+                if not witness:
+                    continue
+                reported.add((e.func, e.line))
+                reported.add((e.func, frozenset((e.outer, e.inner))))
+                yield self._kb_finding(fv, post, e, witness, added_by_fn[e.func])
 
     def _tree_reverse(self, ctx, fv, post, e: Edge):
         """The reverse order somewhere else in the tree (the knowledge
@@ -183,6 +251,22 @@ class LockOrderInversion(Rule):
         if post.shown is not None and conf != "low":
             conf = "medium" if post.decided(e.outer_line, e.line) else "low"
         return self.finding(fv.path, line, msg, confidence=conf)
+
+    def _kb_finding(self, fv, post, e: _KbEdge, witness: list[str], added: set[int]):
+        """An order through a function of another file (the knowledge
+        base's steps) whose reverse the tree's mined lock order has."""
+        mine = "; ".join(_short(s) for s in e.witness[:3])
+        theirs = "; ".join(_short(s) for s in witness[:4])
+        msg = (f"{e.func}() now calls {e.via}() while holding {e.outer_expr}, and {e.via}() takes "
+               f"{_cls(e.inner)} ({mine}); but elsewhere in the tree {_cls(e.outer)} is taken while "
+               f"{_cls(e.inner)} is held: {theirs}. Can these two paths run concurrently on the same "
+               f"objects? That would be an ABBA deadlock between {_cls(e.outer)} and {_cls(e.inner)}.")
+        conf = "medium"
+        if post.shown is not None and not post.decided(e.outer_line, e.line):
+            conf = "low"
+        line = lf.report_line([e.line, e.outer_line], added, e.line)
+        return self.finding(fv.path, line, msg, confidence=conf,
+                            related=[Location(fv.path, e.outer_line, f"{e.outer_expr} taken here")])
 
     def _reverse(self, ctx, fv, post, pre, e: Edge):
         """(path, Edge) of a site taking e.outer while holding e.inner."""
@@ -234,3 +318,9 @@ def _cls(key: str) -> str:
         typ, fld = key.split(".", 1)
         return f"the {typ} {fld}"
     return key
+
+
+def _short(step: str) -> str:
+    """A witness step without its file position: `f (a/b.c:12) calls g()` -> `f() calls g()`."""
+    import re
+    return re.sub(r" \([^()]*:\d+\)", "()", step)

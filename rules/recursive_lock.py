@@ -27,8 +27,15 @@ class RecursiveLock(Rule):
     the witness path).  A callee that takes the same lock class is
     reported; at medium confidence when the call hands it the object the
     held lock lives in (or the class is a named field of its own), else
-    low.  Read locks and RCU sections, `*_nested()` acquisitions and pairs
-    the pre-image already had are left out.
+    low.  A chain that comes back into the function itself (one the
+    pre-image had) and its own acquisition is medium too (the same class again with no nesting
+    annotation: lockdep's "possible recursive locking", and on a child
+    object an order that can invert).  For a global lock, or a lock whose
+    field names its class in an object the call is handed, the knowledge
+    base is searched further (breadth first, five calls down) for the
+    shortest chain to where that class is taken; a global taken again is
+    medium (it is one object).  Read locks and RCU sections, `*_nested()`
+    acquisitions and pairs the pre-image already had are left out.
 
     ## Why is this bad?
     A mutex or spinlock taken twice by the same task deadlocks at once;
@@ -76,15 +83,31 @@ class RecursiveLock(Rule):
                     # medium: the same object for sure (same file), or the
                     # object handed to a function of the tree that locks that class
                     if getattr(path, "tree", False):
-                        conf = "medium" if _hands_object(c, h, lf.flow_of(post, fn.name).types) else "low"
+                        # (a global is one object: the callee's is this one)
+                        conf = "medium" if (_hands_object(c, h, lf.flow_of(post, fn.name).types)
+                                            or _is_global(h)) else "low"
                     else:
-                        conf = "medium" if _same_object(post, c, h, path) else "low"
+                        # the chain comes back into this very function and its
+                        # own acquisition: the same class again, with no nesting
+                        # annotation (lockdep: "possible recursive locking")
+                        # (in a function the tree had: a new file or function
+                        # that nests its own class is a design to ask about,
+                        # not a change that broke one, so it stays low)
+                        again_here = getattr(path, "at", None) == (fn.name, h.line) and fn.name in pre.byname
+                        conf = "medium" if again_here or _same_object(post, c, h, path) else "low"
                     if post.shown is not None and conf == "medium" and not post.decided(h.line, c.line):
                         conf = "low"
-                    via = "; ".join(path[:3])
+                    via = "; ".join(path if len(path) <= 4 else path[:2] + ["..."] + path[-2:])
+                    again = ("takes the same lock again" if len(path) <= 3 else
+                             "can reach code that takes the same lock again")
+                    ask = "Won't that deadlock on itself?"
+                    if getattr(path, "at", None) == (fn.name, h.line):
+                        again = f"comes back into {fn.name}(), which takes a lock of that class again"
+                        ask = ("On the same object that deadlocks; on another one (a child, a peer) "
+                               "lockdep reports recursive locking, and the two orders can invert. "
+                               "Is this recursion safe?")
                     msg = (f"{fn.name}() calls {c.name}() with {lf.display(h)} held (taken at line "
-                           f"{h.line}), and {c.name}() takes the same lock again: {via}. "
-                           f"Won't that deadlock on itself?")
+                           f"{h.line}), and {c.name}() {again}: {via}. {ask}")
                     yield self.finding(fv.path, c.line, msg, confidence=conf,
                                        related=[Location(fv.path, h.line, f"{lf.display(h)} taken here")])
 
@@ -108,6 +131,8 @@ def _sites(info, name, kb, path):
         taken = _callee_takes(info, c.name, kb, path)
         for h in held:
             hit = taken.get(h.key) or next((w for k, w in taken.items() if key_matches(h.key, k)), None)
+            if hit is None and kb and c.name not in info.byname and _deep_worthy(h, c, fl.types):
+                hit = _kb_reaches(kb, c.name, path, h.key)
             if hit and (c.name, h.key) not in seen:
                 seen.add((c.name, h.key))
                 out.append((c, h, hit))
@@ -140,6 +165,7 @@ def _callee_takes(info, name, kb, path) -> dict[str, list[str]]:
                     if h.how != "cond" and "nested" not in h.call and not h.call.startswith(("read_", "down_read")):
                         if h.key not in out:
                             out[h.key] = _Witness(steps + [f"{n}() takes it with {h.call}() at line {h.line}"])
+                            out[h.key].at = (n, h.line)
                             if n == name:
                                 out[h.key].expr = h.expr
                 for c in fl.calls:
@@ -171,6 +197,82 @@ def _kb_takes(kb, name, path, depth) -> dict[str, list[str]]:
     return out
 
 
+DEEP = 5           # functions down the call graph the targeted search goes
+DEEP_BUDGET = 1500  # functions it may visit
+
+
+def _deep_worthy(h, c, types) -> bool:
+    """Whether to look further down than two levels for H: a global lock
+    (one object: taken again anywhere below is the same lock), or a lock
+    whose field names its class (`graph_mutex`, not `lock`) living in an
+    object the call is handed."""
+    if "." in h.key or "(" in h.key:
+        return False
+    return _is_global(h) or _hands_object(c, h, types)
+
+
+def _is_global(h) -> bool:
+    """A lock named by a global's name: `mutex_lock(&device_mutex)`."""
+    return re.sub(r"\s+", "", h.expr).lstrip("&") == h.key and re.match(r"^\w+$", h.key) is not None
+
+
+def _kb_reaches(kb, name, path, key):
+    """A witness (steps) when NAME, or a function it calls up to DEEP
+    levels down, takes the lock class KEY (breadth first: the shortest
+    chain), from the knowledge base."""
+    memo = _REACH.get(id(kb))
+    if memo is None or memo[0] is not kb:
+        _REACH.clear()
+        memo = _REACH[id(kb)] = (kb, {})
+    k = (name, path, key)
+    if k not in memo[1]:
+        memo[1][k] = _reach(kb, name, path, key)
+    return memo[1][k]
+
+
+_REACH: dict = {}
+
+
+def _reach(kb, name, path, key):
+    try:
+        start = kb._def(name, path)
+    except Exception:
+        return None
+    if start is None:
+        return None
+    frontier = [(name, start["path"], [])]
+    seen = {(start["path"], name)}
+    visited = 0
+    for _ in range(DEEP):
+        nxt = []
+        for fn, fpath, steps in frontier:
+            visited += 1
+            if visited > DEEP_BUDGET:
+                return None
+            try:
+                taken = kb.locks_taken(fn, fpath, depth=0)
+            except Exception:
+                taken = []
+            for t in taken:
+                if t.get("kind") in ("read", "rcu", "irq", "bh", "preempt"):
+                    continue
+                if re.search(r"with \w*(trylock|_nested)\w*\(\)", t["path"][-1]):
+                    continue        # does not wait, or annotated as another subclass
+                if key_matches(key, t["class"]):
+                    w = [re.sub(r" \([^()]*:\d+\)", "()", s) for s in steps + t["path"]]
+                    return _Witness(w, tree=True)
+            for callee, line, _ in kb.calls(fn, fpath):
+                if callee == fn or callee in lf.ACQUIRE or callee in lf.RELEASE or callee in lf.TRYLOCK:
+                    continue
+                d = kb._def(callee, fpath)
+                if d is None or (d["path"], callee) in seen:
+                    continue
+                seen.add((d["path"], callee))
+                nxt.append((callee, d["path"], steps + [f"{fn} ({fpath}:{line}) calls {callee}() at line {line}"]))
+        frontier = nxt
+    return None
+
+
 class _Witness(list):
     """The steps to where a callee takes a lock; .expr: the lock as the
     callee itself writes it (None when further down); .tree: found through
@@ -180,6 +282,7 @@ class _Witness(list):
         super().__init__(steps)
         self.expr = None
         self.tree = tree
+        self.at = None      # (function, line) of the acquisition, same file
 
 
 def _same_object(info, c, h, w) -> bool:

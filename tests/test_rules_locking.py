@@ -318,3 +318,98 @@ def test_a_callee_that_sleeps_several_calls_down_is_named_with_its_chain(tmp_pat
     assert len(got) == 1 and got[0].confidence == "medium"
     assert "mmc_gpio_get_ro() (it calls gpiod_get_value_cansleep()" in got[0].message
     assert "host->lock held" in got[0].message
+
+
+def test_a_get_put_pair_of_another_file_is_followed_as_a_lock(tmp_path, monkeypatch):
+    """dm_get_live_table() (drivers/md/dm.c) returns inside an SRCU
+    read-side section that dm_put_live_table() ends: the tree's knowledge
+    base vouches for the pair, so a new return between them in another
+    file is a section left open; returning after the put is fine."""
+    from reviewbot.tree import knowledge as kn
+    files = ["drivers/md/dm.c", "drivers/md/dm-verity-loadpin.c"]
+    try:
+        real = kernel_files(files)
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+    monkeypatch.setenv("REVIEWBOT_INDEX_DIR", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    base = make_tree(tree, real)
+    kn.build(str(tree), base, tmp_path / "cache", procs=1)
+    old = "\tif (!table || table->num_targets != 1)\n\t\tgoto out;\n"
+
+    def run(new):
+        def edit(text):
+            assert text.count(old) == 1
+            return text.replace(old, new)
+        msgs = make_series(tree, [("dm verity: loadpin: return early without a single target", {files[1]: edit})])
+        res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={"LCK002"}, min_confidence="low"))
+        return [f for r in res.patches for f in r.findings]
+    got = run("\tif (!table || table->num_targets != 1)\n\t\treturn false;\n")
+    assert len(got) == 1 and got[0].confidence == "medium"
+    assert "dm_put_live_table()" in got[0].message and "RCU read-side" in got[0].message
+    assert run("\tif (!table || table->num_targets != 1) {\n\t\tdm_put_live_table(md, srcu_idx);\n"
+               "\t\tdm_put(md);\n\t\treturn false;\n\t}\n") == []
+
+
+def _kb_review(tmp_path, monkeypatch, files, target, subject, edit, code):
+    """Review one edit of TARGET in a tree of the real FILES, with the
+    tree's knowledge base built; returns the findings of CODE."""
+    from reviewbot.tree import knowledge as kn
+    try:
+        real = kernel_files(files)
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+    monkeypatch.setenv("REVIEWBOT_INDEX_DIR", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    base = make_tree(tree, real)
+    kn.build(str(tree), base, tmp_path / "cache", procs=1)
+    msgs = make_series(tree, [(subject, {target: edit})])
+    res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={code}, min_confidence="low"))
+    return [f for r in res.patches for f in r.findings]
+
+
+MGMT = ["net/bluetooth/mgmt.c", "net/bluetooth/mgmt_util.c", "net/bluetooth/hci_core.c",
+        "include/net/bluetooth/hci_core.h"]
+MGMT_OLD = "\tif (!cmd) {\n\t\terr = -ENOMEM;\n\t\tgoto failed;\n\t}\n\n\terr = hci_send_cmd(hdev, HCI_OP_WRITE_AUTH_ENABLE"
+
+
+@pytest.mark.parametrize("new, found", [
+    ("\tif (!cmd)\n\t\treturn -ENOMEM;\n\n\terr = hci_send_cmd(hdev, HCI_OP_WRITE_AUTH_ENABLE", True),
+    ("\tif (!cmd) {\n\t\thci_dev_unlock(hdev);\n\t\treturn -ENOMEM;\n\t}\n\n"
+     "\terr = hci_send_cmd(hdev, HCI_OP_WRITE_AUTH_ENABLE", False)])
+def test_a_wrapper_lock_whose_object_goes_to_calls_that_release_nothing_stays_held(
+        tmp_path, monkeypatch, new, found):
+    """set_link_security() hands hdev to many calls under hci_dev_lock();
+    the tree says none of them releases a lock (same-file helpers, macros,
+    mgmt_util.c, hci_core.c), so a new early return still holds it."""
+    def edit(text):
+        assert text.count(MGMT_OLD) == 1
+        return text.replace(MGMT_OLD, new)
+    got = _kb_review(tmp_path, monkeypatch, MGMT, MGMT[0],
+                     "Bluetooth: MGMT: return early when the pending command cannot be added", edit, "LCK002")
+    assert bool(got) == found
+    if found:
+        assert len(got) == 1 and "hci_dev_lock()" in got[0].message
+
+
+TTY = ["drivers/tty/serdev/serdev-ttyport.c", "drivers/tty/tty_mutex.c"]
+TTY_OLD = "\ttty_lock(tty);\n\tif (tty->ops->close)\n\t\ttty->ops->close(tty, NULL);\n\ttty_unlock(tty);\n"
+
+
+@pytest.mark.parametrize("new, found", [
+    ("\ttty_lock(tty);\n\tif (!tty->ops->close)\n\t\ttty_unlock(tty);\n\telse\n"
+     "\t\ttty->ops->close(tty, NULL);\n\ttty_unlock(tty);\n", True),
+    ("\ttty_lock(tty);\n\tif (!tty->ops->close) {\n\t\ttty_unlock(tty);\n\t\treturn;\n\t}\n"
+     "\ttty->ops->close(tty, NULL);\n\ttty_unlock(tty);\n", False)])
+def test_a_wrapper_unlock_on_a_path_that_already_unlocked_is_flagged(tmp_path, monkeypatch, new, found):
+    """tty_lock()/tty_unlock() (tty_mutex.c) in serdev's ttyport_close():
+    an unlock for a missing close op that then falls into the common
+    unlock releases twice."""
+    def edit(text):
+        assert text.count(TTY_OLD) == 1
+        return text.replace(TTY_OLD, new)
+    got = _kb_review(tmp_path, monkeypatch, TTY, TTY[0], "serdev: ttyport: unlock early without a close op",
+                     edit, "LCK007")
+    assert bool(got) == found
+    if found:
+        assert "tty_unlock(tty)" in got[0].message and "double unlock" in got[0].message

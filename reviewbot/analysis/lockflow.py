@@ -27,6 +27,7 @@ ever matches itself inside one function.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 import weakref
 from collections import OrderedDict
@@ -335,6 +336,8 @@ class Flow:
     released: set[str] = field(default_factory=set)      # keys some call releases
     too_complex: bool = False
     annotated: bool = False    # __acquires/__releases/__must_hold
+    handed: dict = field(default_factory=dict)   # key -> calls a held lock's expression went to (uncertain)
+    flagged: set = field(default_factory=set)    # keys a flag variable follows (Walker(flags=True))
 
 
 def _call_name(node) -> str:
@@ -358,7 +361,14 @@ _LOOP_MACRO = LazyPattern(r"for_each|foreach|_for_|^for_|while_each|_loop")
 
 
 class Walker:
-    def __init__(self, fn: cparse.Function, summaries: dict[str, Summary] | None = None):
+    def __init__(self, fn: cparse.Function, summaries: dict[str, Summary] | None = None,
+                 flags: bool = False, entry: tuple = (), extern: dict | None = None):
+        # extern: call name -> ("acquire" | "release", acquire name): a pair
+        # of lock wrappers the caller vouches for (the tree's), a lock of
+        # its own class named by the acquire and its first argument
+        self.extern = extern or {}
+        self.flag_keys: dict[str, str] = _lock_flags(fn.node, declared_types(fn.node)) if flags else {}
+        self.entry = frozenset(entry)
         self.fn = fn
         self.types = declared_types(fn.node)
         self.summaries = summaries or {}
@@ -402,7 +412,8 @@ class Walker:
         body = node.child_by_field_name("body")
         if body is None:
             return self.flow
-        start = frozenset({frozenset()})
+        self.flow.flagged = set(self.flag_keys.values())
+        start = frozenset({self.entry})
         end = self.stmt(body, start)
         if end:
             self.flow.exits.append(Exit(cparse.end_line_of(body), end, dict(self.via)))
@@ -477,8 +488,9 @@ class Walker:
                 for h in s:
                     if h.expr in passed and h.key not in PSEUDO and h.kind != "sock":
                         self.flow.uncertain.add(h.key)
+                        self.flow.handed.setdefault(h.key, set()).add(name)
         if name not in self.summaries and name not in TRYLOCK and name not in ZEROLOCK:
-            pair = paired_wrapper(name, self.fn.call_names)
+            pair = self.extern.get(name) or paired_wrapper(name, self.fn.call_names)
             if pair is not None:
                 key = "?" + pair[1] + "(" + (re.sub(r"\s+", "", _strip(args[0])) if args else "") + ")"
                 if pair[0] == "release":
@@ -554,6 +566,21 @@ class Walker:
             nonzero_then = not nonzero_then
         success_nonzero = name in TRYLOCK
         return h, (nonzero_then == success_nonzero), n.type == "identifier"
+
+    def _flag_cond(self, cond):
+        """(key, true on then) for `if (flag)` / `if (!flag)` on a flag
+        variable that follows a lock (see _lock_flags())."""
+        n, neg = cond, False
+        while True:
+            if n.type == "parenthesized_expression" and n.named_child_count == 1:
+                n = n.named_children[0]
+            elif n.type == "unary_expression" and cparse.node_text(n).startswith("!"):
+                neg, n = not neg, n.named_children[-1]
+            else:
+                break
+        if n.type == "identifier" and cparse.node_text(n) in self.flag_keys:
+            return self.flag_keys[cparse.node_text(n)], not neg
+        return None
 
     # -- statements -----------------------------------------------------------
     def block(self, children, states):
@@ -646,6 +673,12 @@ class Walker:
             else:
                 states = self.expr(cond, states, cond_ctx=True)
                 st_then = st_else = states
+                fk = self._flag_cond(cond) if self.flag_keys else None
+                if fk is not None:
+                    # `if (locked)`: the paths that hold the lock the flag follows
+                    key, on_then = fk
+                    held = frozenset(s for s in states if any(h.key == key for h in s))
+                    st_then, st_else = (held, states - held) if on_then else (states - held, held)
             before = {h for s in states for h in s}
             s1 = self.stmt(cons, st_then) if cons is not None else st_then
             if alt is not None:
@@ -725,6 +758,88 @@ class Walker:
                     and c != node.child_by_field_name("condition")]
             return self.block(kids, states)
         return self.expr(node, states)
+
+
+_FLAG_TRUE = frozenset(("true", "1"))
+_FLAG_FALSE = frozenset(("false", "0"))
+
+
+def _lock_flags(fn_node, types: dict[str, str]) -> dict[str, str]:
+    """Local variables that say whether a lock is held: every assignment
+    of a true value to it stands right after (or before) the statement
+    taking that lock, in the same block, its other assignments are false
+    values (its initialiser too), and nothing takes its address:
+
+        filemap_invalidate_lock(mapping);
+        fault_blocked = true;
+        ...
+        if (fault_blocked)
+                filemap_invalidate_unlock(mapping);
+
+    -> {variable: key of the lock}."""
+    sets: dict[str, list] = {}
+    bad: set[str] = set()
+    for n in cparse.query_nodes(fn_node, "assignment_expression init_declarator"):
+        left = n.child_by_field_name("left" if n.type == "assignment_expression" else "declarator")
+        right = n.child_by_field_name("right" if n.type == "assignment_expression" else "value")
+        if left is None or left.type != "identifier":
+            continue
+        v = cparse.node_text(left)
+        val = cparse.node_text(right).strip() if right is not None else ""
+        op = n.child_by_field_name("operator")
+        if op is not None and cparse.node_text(op) != "=":
+            bad.add(v)
+        elif val in _FLAG_TRUE and n.type == "assignment_expression":
+            sets.setdefault(v, []).append(n)
+        elif val not in _FLAG_FALSE:
+            bad.add(v)
+    for n in cparse.query_nodes(fn_node, "pointer_expression update_expression"):
+        arg = n.child_by_field_name("argument")
+        if arg is not None and arg.type == "identifier" and (
+                n.type == "update_expression" or cparse.node_text(n).startswith("&")):
+            bad.add(cparse.node_text(arg))
+    out: dict[str, str] = {}
+    for v, assigns in sets.items():
+        if v in bad:
+            continue
+        keys = set()
+        for a in assigns:
+            st = a.parent
+            if st is None or st.type != "expression_statement" or st.parent is None:
+                keys = set()
+                break
+            sib = [c for c in st.parent.named_children if c.type != "comment"]
+            i = sib.index(st) if st in sib else -1
+            got = None
+            for j in (i - 1, i + 1):
+                if 0 <= j < len(sib) and sib[j].type == "expression_statement" and sib[j].named_children \
+                        and sib[j].named_children[0].type == "call_expression":
+                    c = sib[j].named_children[0]
+                    name = _call_name(c)
+                    if name in ACQUIRE:
+                        got = key_of_call(name, ACQUIRE[name], _call_args(c), types)[0]
+                        break
+            if got is None:
+                keys = set()
+                break
+            keys.add(got)
+        if len(keys) == 1:
+            out[v] = keys.pop()
+    return out
+
+
+def flow_with(info: "ImageInfo", name: str, flags: bool = True, entry: tuple = (),
+              extern: dict | None = None) -> Flow | None:
+    """The flow of function NAME walked with flag variables that follow a
+    lock (_lock_flags(): `if (locked) unlock()` then only runs on the paths
+    that hold it) and with the locks ENTRY held on entry (a caller's, for
+    a function annotated __releases() or __must_hold())."""
+    memo = info.memo.setdefault(("flow_with", flags, frozenset(entry), frozenset((extern or {}).items())), {})
+    if name not in memo:
+        f = info.byname.get(name)
+        memo[name] = (Walker(f, info.summaries, flags=flags, entry=entry, extern=extern).run()
+                      if f is not None else None)
+    return memo[name]
 
 
 def _subst(tmpl: str, subst: dict[str, str]) -> str:
@@ -1055,6 +1170,16 @@ def image(fv, which: str) -> ImageInfo:
     return info
 
 
+def full_image(tree) -> ImageInfo:
+    """The analysis of a whole file's parse tree (a file of the tree that
+    the series does not touch), cached with the tree."""
+    m = cparse._memo(tree.root_node)
+    info = m.get("_lockflow.image")
+    if info is None:
+        info = m["_lockflow.image"] = _image(tree, None)
+    return info
+
+
 _SECTION_FN = re.compile(r"^\s*(?:[\w*\s]+?[\s*])?(\w+)\s*\(")
 
 
@@ -1153,8 +1278,25 @@ def _code_only(line: str) -> str:
     return s.split("//")[0]
 
 
+def _macro_named(funcs: list[cparse.Function]) -> list[cparse.Function]:
+    """Functions whose name a macro makes, `static int UVERBS_HANDLER(X)(...)`
+    (a declarator of a declarator), named `UVERBS_HANDLER(X)`: the file's
+    handlers all parse as `UVERBS_HANDLER`, and one name for them all
+    would give each the flow of the first."""
+    out = []
+    for f in funcs:
+        d = f.node.child_by_field_name("declarator")
+        while d is not None and d.type == "pointer_declarator":
+            d = d.child_by_field_name("declarator")
+        inner = d.child_by_field_name("declarator") if d is not None and d.type == "function_declarator" else None
+        if inner is not None and inner.type == "function_declarator":
+            f = dataclasses.replace(f, name=re.sub(r"\s+", "", cparse.node_text(inner)))
+        out.append(f)
+    return out
+
+
 def _image(tree, shown: set[int] | None, synth: set[int] = frozenset()) -> ImageInfo:
-    funcs = [f for f in cparse.functions(tree) if f.name]
+    funcs = _macro_named([f for f in cparse.functions(tree) if f.name])
     if shown is not None and synth:
         shown = shown | synth           # rebuilt heads and ends count as seen
     if shown is not None:

@@ -376,6 +376,26 @@ class View:
                     out.append({"caller": d["name"], "path": d["path"], "line": ln, "held": list(held)})
         return out
 
+    def callers(self, name: str, path: str | None = None, limit: int = 200) -> list[tuple]:
+        """Call sites of NAME: (caller, path, line, locks held [(class,
+        kind)]).  When NAME at PATH is a static function of a .c file, only
+        the call sites in that file."""
+        d = self._def(name, path) if path else None
+        only = d["path"] if d is not None and d["static"] and not d["header"] else None
+        out = []
+        q = ("SELECT f.name, f.path, c.line, c.held FROM calls c JOIN funcs f ON f.id = c.caller "
+             "WHERE c.callee=?" + (" AND f.path=?" if only else "") + " LIMIT ?")
+        for caller, cpath, line, held in self.db.execute(q, (name, only, limit) if only else (name, limit)):
+            if cpath not in self.hidden:
+                out.append((caller, cpath, line, [tuple(h) for h in json.loads(held)] if held else []))
+        for od in self._overlay_index()[0].get(name, ()):
+            if only and od["path"] != only:
+                continue
+            for c, ln, held in self._simulate(od)[0]:
+                if c == name:
+                    out.append((od["name"], od["path"], ln, [tuple(h) for h in held]))
+        return out
+
     # -- lock order
     def _overlay_edges(self):
         got = self._memo.get("edges")

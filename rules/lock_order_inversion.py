@@ -83,6 +83,8 @@ def kb_edges(info: lf.ImageInfo, names: set[str], kb, path: str) -> list[Edge]:
     callee, `witness` the steps)."""
     out = []
     for name in sorted(names):
+        if not lf.may_lock(info, name):
+            continue        # never holds a lock: no call made with one held
         fl = lf.flow_of(info, name)
         if fl is None:
             continue

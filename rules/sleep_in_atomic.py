@@ -27,6 +27,16 @@ class SleepInAtomic(Rule):
     a function the patch makes sleep while a same-file caller calls it
     under a spinlock.  `GFP_ATOMIC` and `GFP_NOWAIT` are fine.
 
+    With the tree's knowledge base (`reviewbot index`) it also follows
+    calls out of the file: a call under a spinlock to a function that may
+    sleep several calls down (the chain is named), and a sleeping call
+    added to a function the tree runs in atomic context: an interrupt
+    handler, a timer, softirq or NAPI callback, a callback installed as an
+    skb destructor or a USB completion, or a function one of its callers
+    (up to three calls up) reaches with a spinlock held or in an RCU
+    read-side section (the caller and the path are named).  A sleeping call
+    the patch takes out of an `if` counts as added.
+
     ## Why is this bad?
     Sleeping with a spinlock held or in an RCU read-side section is a bug
     ("BUG: sleeping function called from invalid context"); it can
@@ -106,36 +116,81 @@ class SleepInAtomic(Rule):
 
     def _atomic_context(self, fv, post, pre, fn, added, kb):
         """A call that may sleep, added to a function the tree runs in
-        atomic context (an interrupt handler, a timer or softirq callback,
-        a callback called under a spinlock)."""
-        ctxs = [(c, w) for c, w in kb.contexts(fn.name, fv.path) if c in ("hardirq", "softirq", "atomic")]
-        if not ctxs:
-            return
+        atomic context: an interrupt handler, a timer or softirq callback,
+        a callback called under a spinlock, or a function a caller (up to
+        three calls up) calls with a spinlock held or in an RCU section.
+        A sleeping call counts as added also when the patch drops a
+        condition the pre-image made it wait for."""
         fl = lf.flow_of(post, fn.name)
+        if fl is None or not any(lf.span_added(c.node, added) is not None for c in fl.calls):
+            return      # the patch added no call to this function
         old = lf.flow_of(pre, fn.name)
-        def sleepers(flow):
+        direct = [(c, lf.sleeping_call(c.name, c.args)) for c in fl.calls]
+        where = None
+
+        def atomic_where():
+            ctxs = [(c, w) for c, w in kb.contexts(fn.name, fv.path) if c in ("hardirq", "softirq", "atomic")]
+            if ctxs:
+                ctx_name, witness = ctxs[0]
+                what = {"hardirq": "hard-interrupt context", "softirq": "softirq context"}.get(ctx_name,
+                                                                                          "atomic context")
+                return f"{fn.name}() runs in {what} ({witness})"
+            got = kb.atomic_caller(fn.name, fv.path)
+            if got is None:
+                return ""
+            chain, why = got
+            down = f"; {' -> '.join(n + '()' for n in chain[1:])}" if len(chain) > 2 else ""
+            return f"{fn.name}() can be reached in atomic context: {why}{down}"
+
+        def sleepers(flow, calls_why):
             out = []
-            for c in (flow.calls if flow is not None else ()):
-                why = lf.sleeping_call(c.name, c.args)
+            for c, why in calls_why:
                 if why:
                     out.append((c, why))
-                elif c.name not in ("might_sleep",):
+                elif c.name not in ("might_sleep",) and c.name not in post.byname:
                     chain = _useful_chain(kb, c.name, fv.path)
                     if chain and len(chain) <= 4:
                         out.append((c, f"{c.name}() ({_chain_text(chain)})"))
             return out
-        before = Counter(why for _, why in sleepers(old)) if old is not None else Counter()
+
+        # the direct sleepers first: the tree's chains (and the callers'
+        # context) only when the patch added a call in a function that can
+        # be atomic
+        candidates = [(c, w) for c, w in direct if w and lf.span_added(c.node, added) is not None]
+        if not candidates:
+            where = atomic_where()
+            if not where:
+                return
+            now = sleepers(fl, direct)
+        else:
+            now = sleepers(fl, direct)
+        if not now:
+            return
+        before = Counter()
+        guards_before: dict[str, list] = {}
+        if old is not None:
+            for c, why in sleepers(old, [(c, lf.sleeping_call(c.name, c.args)) for c in old.calls]):
+                before[why] += 1
+                guards_before.setdefault(why, []).append(_guards(c.node))
         seen = Counter()
-        ctx_name, witness = ctxs[0]
-        where = {"hardirq": "hard-interrupt context", "softirq": "softirq context",
-                 "atomic": "atomic context"}[ctx_name]
-        for c, why in sleepers(fl):
+        for c, why in now:
             seen[why] += 1
-            if seen[why] <= before[why] or lf.span_added(c.node, added) is None:
+            at = lf.span_added(c.node, added)
+            if at is None:
                 continue
-            msg = (f"{why} can sleep, but {fn.name}() runs in {where} ({witness}). "
+            if seen[why] <= before[why]:
+                # the same call was there: new only when the patch took
+                # away a condition it was made under
+                g = _guards(c.node)
+                if not all(g < pg for pg in guards_before.get(why, ())):
+                    continue
+            if where is None:
+                where = atomic_where()
+            if not where:
+                return
+            msg = (f"{why} can sleep, but {where}. "
                    f"Is there a non-sleeping variant, or can this move to process context?")
-            yield self.finding(fv.path, lf.span_added(c.node, added), msg, confidence="medium")
+            yield self.finding(fv.path, at, msg, confidence="medium")
             return
 
     def _sites(self, info, name):
@@ -212,6 +267,19 @@ class SleepInAtomic(Rule):
                                    related=[Location(fv.path, c_line, f"{other.name}() calls {fn.name}() here"),
                                             Location(fv.path, h.line, f"{lf.display(h)} taken here")])
                 return
+
+
+def _guards(node) -> frozenset:
+    """The conditions of the `if` statements a call is made under, as text."""
+    out = []
+    n = node.parent
+    while n is not None and n.type != "function_definition":
+        if n.type == "if_statement":
+            cond = n.child_by_field_name("condition")
+            if cond is not None and not (cond.start_byte <= node.start_byte < cond.end_byte):
+                out.append(cond.text)
+        n = n.parent
+    return frozenset(out)
 
 
 def _atomic_calls(info, fl, start: int) -> tuple:

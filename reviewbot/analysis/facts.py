@@ -33,7 +33,7 @@ from reviewbot.analysis import kbseeds as S
 from reviewbot.analysis import lockflow as LF
 from reviewbot.analysis.cparse import _designated_members_text
 
-VERSION = 1
+VERSION = 2
 
 # -- lock vocabulary -------------------------------------------------------------
 
@@ -292,7 +292,7 @@ def _classify(name: str) -> int:
 
 _EV2 = re.compile(r"(?<![\w.>])(?:(if|else)|(return|goto|break|continue))\b|"
                   r"(?<![\w.>])(?:([A-Za-z_]\w*+(?:(?:->|\.)\w++)*+)\s*+=(?!=)\s*+)?([A-Za-z_]\w*+)\s*+\(|"
-                  r"([{};])|(?:->|\.)\s*function\s*=\s*&?\s*([A-Za-z_]\w*)\s*;")
+                  r"([{};])|([A-Za-z_]\w*)\s*(?:->|\.)\s*(" + "|".join(S.MEMBER_NAMES) + r")\s*=\s*&?\s*([A-Za-z_]\w*)\s*;")
 
 
 def body_events(body: str, base_line: int, line_starts: list[int], off: int, params: list[str],
@@ -340,8 +340,13 @@ def body_events(body: str, base_line: int, line_starts: list[int], off: int, par
                 if_seen = True
             elif m.group(2) is not None:
                 pending_kw = m.group(2)
-            elif m.group(6) is not None:
-                regs.append(("softirq", m.group(6), "hrtimer .function", bisect_right(starts, off + m.start())))
+            elif m.group(7) is not None:
+                # `x->member = fn;`: a callback whose caller gives it a context
+                st = types.get(m.group(6))
+                got = S.member_context(st, m.group(7))
+                if got is not None:
+                    via = f".{m.group(7)}" + (f" of struct {st}" if st and (st, m.group(7)) in S.MEMBER_CONTEXTS else "")
+                    regs.append((got[0], m.group(8), via, bisect_right(starts, off + m.start())))
             continue
         k = classes.get(name)
         if k is None:

@@ -1,9 +1,12 @@
-"""The knowledge base's seed tables (data only; reviewbot.analysis.facts and
-reviewbot.tree.knowledge read them): sleeping primitives, context
-registrations, ops members with a known calling context, extra lock
-primitives, name patterns of release pairs.
+"""The knowledge base's seed tables (reviewbot.analysis.facts and
+reviewbot.tree.knowledge read them): sleeping primitives, what a may-sleep
+chain must not go through, context registrations and callback members, ops
+members with a known calling context, extra lock primitives, name patterns
+of release pairs.
 """
 from __future__ import annotations
+
+import re
 
 # Calls that may sleep, whatever their arguments: name -> why.
 SLEEPS = {
@@ -97,8 +100,58 @@ REGISTRATIONS = {
     "call_rcu": ("softirq", 1), "call_rcu_bh": ("softirq", 1), "call_rcu_sched": ("softirq", 1),
 }
 REG_WHAT = {"hardirq": "hard-irq handler", "softirq": "softirq callback"}
-# `x.function = fn` / `x->function = fn` (hrtimer callbacks)
-FUNCTION_MEMBER_CONTEXT = ("softirq", "hrtimer callback (hard-irq unless a _SOFT mode)")
+# `x->member = fn;` in a function body gives FN the context its caller
+# gives that member: (struct of x, or None for any, member) -> (context, what).
+MEMBER_CONTEXTS = {
+    (None, "function"): ("softirq", "hrtimer callback (hard-irq unless a _SOFT mode)"),
+    ("sk_buff", "destructor"): ("atomic", "skb destructor (called when the skb is freed, which may be "
+                                          "in softirq or with interrupts off)"),
+    ("urb", "complete"): ("atomic", "URB completion handler (called in interrupt context)"),
+    ("usb_request", "complete"): ("atomic", "USB request completion (called from the controller's "
+                                            "interrupt handler)"),
+}
+MEMBER_NAMES = sorted({m for _, m in MEMBER_CONTEXTS})
+
+
+def member_context(struct: str | None, member: str):
+    """(context, what) of a callback assigned to STRUCT's MEMBER, or None."""
+    return MEMBER_CONTEXTS.get((struct, member)) or MEMBER_CONTEXTS.get((None, member))
+
+
+def registration_text(kind: str, via: str, where: str) -> str:
+    """The witness of a context registration: a registering call (`via` its
+    name) or a member assignment (`via` '.member of struct s')."""
+    if via.startswith("."):
+        member, _, st = via[1:].partition(" of struct ")
+        got = member_context(st or None, member)
+        return f"{got[1] if got else kind}: assigned to {via} in {where}"
+    return f"{REG_WHAT.get(kind, kind)}: registered with {via}() in {where}"
+
+
+# Functions a may-sleep chain must not go through: what they call on the
+# way to sleeping is error reporting or debugging (panic(), printk's console
+# lock, KASAN reports, lockdep, page owner's stack depot), the PREEMPT_RT
+# form of a spinning lock, or an allocator that sleeps only as its caller's
+# gfp mask says (the call sites that pass a sleeping mask are seeds
+# themselves, GFP_ALLOCS).
+NOT_SLEEP_PATH = (r"^(?:_*alloc_pages?\w*|_*folio_alloc\w*|_*get_free_pages?|_*get_zeroed_page|"
+                  r"_*kmalloc\w*|_*kmem_cache_alloc\w*|_*slab_alloc\w*|"
+                  r"stack_depot_\w+|__stack_depot_\w+|\w*page_owner\w*|kmemleak_\w+|"
+                  r"panic|_?printk\w*|vprintk\w*|console_unblank|console_flush\w*|dump_\w+|__?warn\w*|warn\w*|report_bug|"
+                  r"oops_\w+|die|bust_spinlocks|kasan_\w+|__kasan_\w+|kcsan_\w+|kmsan_\w+|kfence_\w+|"
+                  r"lockdep_\w+|__lockdep_\w+|lock_acquire\w*|lock_release|lock_contended|lock_acquired|"
+                  r"debug_\w+|trace_\w+|__trace_\w+|ftrace_\w+|"
+                  r"rt_spin_\w+|rt_read_\w+|rt_write_\w+|__rt_spin_\w+|rtlock_\w+|"
+                  r"_?raw_spin_\w+|_?raw_read_\w+|_?raw_write_\w+|spin_lock\w*|spin_unlock\w*|"
+                  r"read_lock\w*|read_unlock\w*|write_lock\w*|write_unlock\w*|local_lock\w*|"
+                  r"local_unlock\w*)$")
+_NOT_SLEEP_PATH = re.compile(NOT_SLEEP_PATH).match
+
+
+def not_sleep_path(name: str) -> bool:
+    """Whether a may-sleep chain must not go through NAME (NOT_SLEEP_PATH,
+    or an allocator of GFP_ALLOCS: its callers' masks decide)."""
+    return name in GFP_ALLOCS or _NOT_SLEEP_PATH(name) is not None
 
 # Ops members and the context their callers give them: (struct, member) -> [(context, why)].
 _RTNL = "rtnl"

@@ -150,15 +150,19 @@ def run_global(db, env, paths, blobs, wrappers, procs, progress=None):
             return list(zip(by_dst_src[a:b].tolist(), by_dst_line[a:b].tolist()))
 
     callers = _Callers()
+    # error reporting, debugging and the RT forms of spinning locks do not
+    # make their callers sleep (panic() -> console_lock() is no sleep a
+    # caller of WARN() should hear of)
+    blocked = S.not_sleep_path
     parent: dict[int, tuple] = {}
-    frontier = list(seeds)
+    frontier = [s for s in seeds if not blocked(name_of[s])]
     for s in frontier:
         parent[s] = None
     while frontier:
         nxt = []
         for t in frontier:
             for c, line in callers.get(t, ()):
-                if c not in parent:
+                if c not in parent and not blocked(name_of[c]):
                     parent[c] = (t, line)
                     nxt.append(c)
         frontier = nxt
@@ -233,8 +237,7 @@ def run_global(db, env, paths, blobs, wrappers, procs, progress=None):
         if t is None:
             continue
         where = f"{name_of[reg_fid]} ({path}:{line})" if reg_fid >= 0 else f"{path}:{line}"
-        what = S.FUNCTION_MEMBER_CONTEXT[1] if via == "hrtimer .function" else S.REG_WHAT.get(kind, kind)
-        ctx_rows.append((t, kind, f"{what}: registered with {via}() in {where}", path))
+        ctx_rows.append((t, kind, S.registration_text(kind, via, where), path))
     for st, var, path, line, members in ops:
         for member, value in members:
             for kind, why in S.OPS_CONTEXTS.get((st, member), ()):
@@ -311,9 +314,18 @@ class Resolver:
 
     def __init__(self, rows):
         self.local: dict[tuple, int] = {}
+        # a header's stubs (the `#else` of a config option): a call from the
+        # header reaches the tree's real definition when there is one
+        self.stub_local: set = set()
         best: dict[str, tuple] = {}
         for fid, name, path, flags, ncalls in rows:
-            self.local.setdefault((path, name), fid)
+            key = (path, name)
+            if key not in self.local or (key in self.stub_local and not flags & 4):
+                self.local[key] = fid
+                if flags & 4 and path.endswith(".h"):
+                    self.stub_local.add(key)
+                else:
+                    self.stub_local.discard(key)
             if flags & 1 and not path.endswith(".h"):
                 continue          # static in a .c file: that file only
             rank = (not (flags & 4), not path.endswith(".h"), ncalls)
@@ -323,4 +335,6 @@ class Resolver:
 
     def resolve(self, name: str, path: str):
         got = self.local.get((path, name))
-        return got if got is not None else self.glob.get(name)
+        if got is None or (path, name) in self.stub_local:
+            return self.glob.get(name, got)
+        return got

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from reviewbot.analysis import facts as F
+from reviewbot.analysis import kbseeds as S
 
 PSEUDO = ("rcu", "irq", "bh", "preempt")
 _STEP_PATH = re.compile(r"\(([^\s:()]+):\d+\)")
@@ -196,8 +197,11 @@ class View:
         defs = self.definitions(name)
         if path is not None:
             same = [d for d in defs if d["path"] == path]
-            if same:
-                return same[0]
+            real = [d for d in same if not (d["stub"] and d["header"])]
+            if real:
+                return real[0]
+            if same and not any(not d["stub"] for d in defs):
+                return same[0]      # (a header's stub reaches the real definition)
             defs = [d for d in defs if not (d["static"] and not d["header"])]
         return defs[0] if defs else None
 
@@ -223,6 +227,8 @@ class View:
         return self._may_sleep(name, path, 0, set())
 
     def _may_sleep(self, name, path, depth, seen):
+        if S.not_sleep_path(name):
+            return None
         d = self._def(name, path)
         if d is None:
             return None
@@ -295,7 +301,6 @@ class View:
             for c, w, src in self.db.execute("SELECT ctx, witness, src FROM ctx WHERE id=?", (fid,)):
                 if src not in self.hidden and (c, w) not in out:
                     out.append((c, w))
-        from reviewbot.analysis import kbseeds as S
         for opath, fname, r in self._overlay_index()[1].get(name, ()):
             if fname is None:
                 st, var, line, member = r
@@ -304,9 +309,51 @@ class View:
                 continue
             kind, cb, via, line = r
             if opath == d["path"] or self._def(cb, opath) == d:
-                what = S.FUNCTION_MEMBER_CONTEXT[1] if via == "hrtimer .function" else S.REG_WHAT.get(kind, kind)
-                out.append((kind, f"{what}: registered with {via}() in {fname} ({opath}:{line})"))
+                out.append((kind, S.registration_text(kind, via, f"{fname} ({opath}:{line})")))
         return out
+
+    def atomic_caller(self, name: str, path: str | None = None, depth: int = 3, budget: int = 80):
+        """How NAME may be called in atomic context, up to DEPTH callers up:
+        the nearest caller that calls towards it with a spinlock held (or in
+        an RCU section, with IRQs or BH off), or that itself runs in
+        hard-irq, softirq or atomic context.  Returns (chain, why): CHAIN
+        the function names from that caller down to NAME, WHY what makes the
+        caller atomic.  None when no caller within reach is atomic; at most
+        BUDGET call sites are looked at."""
+        d0 = self._def(name, path)
+        if d0 is None:
+            return None
+        frontier = [(name, d0["path"], (name,))]
+        seen = {(name, d0["path"])}
+        for _ in range(depth):
+            nxt = []
+            for fname, fpath, chain in frontier:
+                for caller, cpath, line, held in self.callers(fname, fpath, limit=40):
+                    if (caller, cpath) in seen:
+                        continue
+                    # the call resolves to this definition (not a same-named one)
+                    dd = self._def(fname, cpath)
+                    if dd is None or dd["path"] != fpath:
+                        continue
+                    seen.add((caller, cpath))
+                    budget -= 1
+                    at = [h for h in held if h[1] in S.ATOMIC_KINDS]
+                    if at:
+                        cls, kind = at[-1]
+                        what = "in an RCU read-side section" if kind == "rcu" else \
+                            f"with {cls} off" if kind in PSEUDO else f"with {cls} held"
+                        return (caller,) + chain, f"{caller}() ({cpath}:{line}) calls {fname}() {what}"
+                    ctx = [(c, w) for c, w in self.contexts(caller, cpath) if c in ("hardirq", "softirq", "atomic")]
+                    if ctx:
+                        where = {"hardirq": "hard-interrupt", "softirq": "softirq"}.get(ctx[0][0], "atomic")
+                        return (caller,) + chain, f"{caller}() runs in {where} context ({ctx[0][1]})"
+                    if budget <= 0:
+                        return None
+                    nxt.append((caller, cpath, (caller,) + chain))
+            frontier = nxt
+            if not frontier:
+                break
+        return None
 
     # -- locks
     def locks_taken(self, name: str, path: str | None = None, depth: int = 2) -> list[dict]:

@@ -34,7 +34,7 @@ from reviewbot.analysis import facts as F
 from reviewbot.analysis import kbseeds as S
 from reviewbot.tree import dupindex as dx
 
-VERSION = 1
+VERSION = 4
 MAX_BLOB = 3 * 1024 * 1024
 CHUNK = 200
 MAX_DELTA = 3000          # changed files a delta may hold (`reviewbot index`)
@@ -234,12 +234,12 @@ def build(repo: str, commit: str = "HEAD", cache_dir=None, procs: int = 2, progr
 
 def _reuse_blobs(cache: Path, wanted: set) -> dict:
     """{blob: (compressed facts, wrappers json)} of WANTED blobs found in the
-    newest cached full base of this version."""
+    newest cached full base whose facts are of this version."""
     for p in sorted(cache.glob("knowledge-*.sqlite"), key=lambda x: x.stat().st_mtime, reverse=True):
         try:
             conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
             m = _meta(conn)
-            if m.get("version") != str(VERSION) or m.get("parent") or m.get("facts") != str(F.VERSION):
+            if m.get("parent") or m.get("facts") != str(F.VERSION):
                 conn.close()
                 continue
             got = {b: (z, w) for b, z, w in conn.execute("SELECT blob, facts, wrap FROM blobs") if b in wanted}
@@ -265,7 +265,7 @@ def open_db(repo: str, commit: str = "HEAD", cache_dir=None, build_missing: bool
     commit, tree = _rev(env, commit)
     cache = Path(cache_dir) if cache_dir else dx.default_cache_dir()
     p = db_path(cache, tree)
-    if p.exists():
+    if p.exists() and _current(p, cache):
         return Knowledge.load(p, cache)
     base = _best_base(env, cache, commit, max_delta)
     if base is not None:
@@ -273,6 +273,22 @@ def open_db(repo: str, commit: str = "HEAD", cache_dir=None, build_missing: bool
     if not build_missing:
         return None
     return Knowledge.load(build(repo, commit, cache, procs, progress), cache)
+
+
+def _current(p: Path, cache: Path) -> bool:
+    """Whether the cached knowledge file P (and the base a delta lays over)
+    was written by this version of reviewbot: an older one is built anew."""
+    try:
+        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        m = _meta(conn)
+        conn.close()
+    except sqlite3.Error:
+        return False
+    if m.get("version") != str(VERSION):
+        return False
+    if m.get("parent"):
+        return _current(cache / m["parent"], cache)
+    return m.get("facts") == str(F.VERSION)
 
 
 def _best_base(env, cache: Path, commit: str, max_delta: int = MAX_DELTA):
@@ -284,7 +300,7 @@ def _best_base(env, cache: Path, commit: str, max_delta: int = MAX_DELTA):
             conn.close()
         except sqlite3.Error:
             continue
-        if m.get("version") != str(VERSION) or m.get("parent"):
+        if m.get("version") != str(VERSION) or m.get("parent") or m.get("facts") != str(F.VERSION):
             continue
         import subprocess
         proc = subprocess.run(["git", "diff-tree", "-r", "-z", "--no-renames", m["commit"], commit],

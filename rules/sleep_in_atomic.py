@@ -121,12 +121,8 @@ class SleepInAtomic(Rule):
         three calls up) calls with a spinlock held or in an RCU section.
         A sleeping call counts as added also when the patch drops a
         condition the pre-image made it wait for."""
-        fl = lf.flow_of(post, fn.name)
-        if fl is None or not any(lf.span_added(c.node, added) is not None for c in fl.calls):
-            return      # the patch added no call to this function
-        old = lf.flow_of(pre, fn.name)
-        direct = [(c, lf.sleeping_call(c.name, c.args)) for c in fl.calls]
-        where = None
+        if not fn.call_names:
+            return
 
         def atomic_where():
             ctxs = [(c, w) for c, w in kb.contexts(fn.name, fv.path) if c in ("hardirq", "softirq", "atomic")]
@@ -153,17 +149,16 @@ class SleepInAtomic(Rule):
                         out.append((c, f"{c.name}() ({_chain_text(chain)})"))
             return out
 
-        # the direct sleepers first: the tree's chains (and the callers'
-        # context) only when the patch added a call in a function that can
-        # be atomic
-        candidates = [(c, w) for c, w in direct if w and lf.span_added(c.node, added) is not None]
-        if not candidates:
-            where = atomic_where()
-            if not where:
-                return
-            now = sleepers(fl, direct)
-        else:
-            now = sleepers(fl, direct)
+        # whether the function can be atomic first (a few queries): the
+        # lock flows and the tree's chains only then
+        where = atomic_where()
+        if not where:
+            return
+        fl = lf.flow_of(post, fn.name)
+        if fl is None or not any(lf.span_added(c.node, added) is not None for c in fl.calls):
+            return      # the patch added no call to this function
+        old = lf.flow_of(pre, fn.name)
+        now = sleepers(fl, [(c, lf.sleeping_call(c.name, c.args)) for c in fl.calls])
         if not now:
             return
         before = Counter()
@@ -184,10 +179,6 @@ class SleepInAtomic(Rule):
                 g = _guards(c.node)
                 if not all(g < pg for pg in guards_before.get(why, ())):
                     continue
-            if where is None:
-                where = atomic_where()
-            if not where:
-                return
             msg = (f"{why} can sleep, but {where}. "
                    f"Is there a non-sleeping variant, or can this move to process context?")
             yield self.finding(fv.path, at, msg, confidence="medium")

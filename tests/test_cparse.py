@@ -84,3 +84,35 @@ def test_calls_any_agrees_with_the_call_names(path):
     for names in sets:
         for f in fns:
             assert cparse.calls_any(f.node, names) == (not f.call_names.isdisjoint(names)), (f.name, names)
+
+
+def test_a_post_image_reparsed_from_its_pre_image_is_the_tree_of_a_fresh_parse():
+    """cparse.parse() reparses a text that differs from a recent one in a
+    few lines incrementally (a copy of the old tree, edited): every node
+    must be where a parse from scratch puts it."""
+    from support.ktree import KernelSourceMissing, kernel_files
+    try:
+        text = kernel_files(["net/core/sock_map.c"])["net/core/sock_map.c"].decode()
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+
+    def nodes(tree):
+        out, stack = [], [tree.root_node]
+        while stack:
+            n = stack.pop()
+            out.append((n.type, n.start_byte, n.end_byte, n.start_point, n.end_point))
+            stack.extend(n.children)
+        return out
+    lines = text.split("\n")
+    start = lines.index("static int sock_map_release_progs(struct bpf_map *map)") \
+        if "static int sock_map_release_progs(struct bpf_map *map)" in lines else len(lines) // 2
+    variants = [text,
+                "\n".join(lines[:start] + lines[start + 12:]),                 # a function's head removed
+                "\n".join(lines[:start] + ["static int x(void)", "{", "\treturn f(1, 2);", "}"] + lines[start:]),
+                text.replace("GFP_ATOMIC", "GFP_KERNEL", 1)]
+    old = cparse.parse(variants[0])
+    for v in variants[1:]:
+        got = cparse.parse(v)
+        assert got is not old
+        assert nodes(got) == nodes(cparse._parser().parse(v.encode()))
+    assert nodes(old) == nodes(cparse._parser().parse(variants[0].encode()))   # the old tree untouched

@@ -35,11 +35,69 @@ def parse(text: str) -> tree_sitter.Tree:
     if tree is not None:
         _PARSED.move_to_end(key)
         return tree
-    tree = _parser().parse(text.encode("utf-8", errors="replace"))
+    data = text.encode("utf-8", errors="replace")
+    tree = _reparse(data)
     _PARSED[key] = tree
     if len(_PARSED) > _PARSE_CACHE:
         _PARSED.popitem(last=False)
+    _RECENT.append((data, tree))
+    if len(_RECENT) > 4:
+        del _RECENT[0]
     return tree
+
+
+# the last few texts parsed: a patch's post-image is its pre-image with a
+# few lines changed, so tree-sitter reparses only the edited region of a
+# copy of the pre-image's tree (incremental parsing)
+_RECENT: list = []
+
+
+def _reparse(data: bytes) -> tree_sitter.Tree:
+    best = None
+    for old_data, old_tree in _RECENT:
+        if abs(len(old_data) - len(data)) > len(data) // 4 or len(data) < 4096:
+            continue
+        pre = _common_prefix(old_data, data)
+        suf = _common_suffix(old_data, data, pre)
+        changed = len(data) - pre - suf
+        if changed <= len(data) // 4 and (best is None or changed < best[0]):
+            best = (changed, old_data, old_tree, pre, suf)
+    if best is None:
+        return _parser().parse(data)
+    _, old_data, old_tree, pre, suf = best
+    tree = old_tree.copy()
+    old_end, new_end = len(old_data) - suf, len(data) - suf
+    tree.edit(start_byte=pre, old_end_byte=old_end, new_end_byte=new_end,
+              start_point=_point(data, pre), old_end_point=_point(old_data, old_end),
+              new_end_point=_point(data, new_end))
+    return _parser().parse(data, tree)
+
+
+def _point(data: bytes, off: int) -> tuple[int, int]:
+    row = data.count(b"\n", 0, off)
+    return row, off - (data.rfind(b"\n", 0, off) + 1)
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:                  # slices compared with memcmp: O(n log n)
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: bytes, b: bytes, prefix: int) -> int:
+    lo, hi = 0, min(len(a), len(b)) - prefix
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid:] == b[len(b) - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def node_text(node: tree_sitter.Node) -> str:

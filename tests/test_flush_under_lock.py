@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reviewbot.review import Options, review_mbox
-from support.ktree import KernelSourceMissing, kernel_files, make_series, make_tree
+from support.ktree import kb_tree, review_edit
 
 INTERFACE = "drivers/greybus/interface.c"
 MODULE = "drivers/greybus/module.c"
@@ -16,17 +15,9 @@ DEL = "\tif (device_is_registered(&intf->dev)) {\n\t\ttrace_gb_interface_del(int
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from reviewbot.tree import knowledge as kn
-    try:
-        real = kernel_files(FILES)
-    except KernelSourceMissing as exc:   # pragma: no cover
-        pytest.skip(str(exc))
-    tmp = tmp_path_factory.mktemp("lck006")
+    tree, cache = kb_tree(tmp_path_factory.mktemp("lck006"), FILES)
     mp = pytest.MonkeyPatch()
-    mp.setenv("REVIEWBOT_INDEX_DIR", str(tmp / "cache"))
-    tree = tmp / "tree"
-    base = make_tree(tree, real)
-    kn.build(str(tree), base, tmp / "cache", procs=1)
+    mp.setenv("REVIEWBOT_INDEX_DIR", str(cache))
     yield tree
     mp.undo()
 
@@ -35,9 +26,7 @@ def _review(tree, subject, old, new, path=INTERFACE):
     def edit(text):
         assert text.count(old) == 1
         return text.replace(old, new)
-    msgs = make_series(tree, [(subject, {path: edit})])
-    res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={"LCK006"}, min_confidence="low"))
-    return [f for r in res.patches for f in r.findings]
+    return review_edit(tree, subject, path, edit, "LCK006")
 
 
 def test_a_wait_in_a_function_whose_callers_in_another_file_hold_the_lock(built):
@@ -75,17 +64,9 @@ STOP = "\t/* Stop Tx from stack */\n\tnetif_tx_stop_all_queues(netdev);\n"
 
 @pytest.fixture(scope="module")
 def octep(tmp_path_factory):
-    from reviewbot.tree import knowledge as kn
-    try:
-        real = kernel_files([OCTEP])
-    except KernelSourceMissing as exc:   # pragma: no cover
-        pytest.skip(str(exc))
-    tmp = tmp_path_factory.mktemp("lck006-rtnl")
+    tree, cache = kb_tree(tmp_path_factory.mktemp("lck006-rtnl"), [OCTEP])
     mp = pytest.MonkeyPatch()
-    mp.setenv("REVIEWBOT_INDEX_DIR", str(tmp / "cache"))
-    tree = tmp / "tree"
-    base = make_tree(tree, real)
-    kn.build(str(tree), base, tmp / "cache", procs=1)
+    mp.setenv("REVIEWBOT_INDEX_DIR", str(cache))
     yield tree
     mp.undo()
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reviewbot.review import Options, review_mbox
-from support.ktree import KernelSourceMissing, kernel_files, make_series, make_tree
+from support.ktree import kb_tree, review_edit
 
 ISP = "drivers/media/platform/ti/omap3isp/isp.c"
 FILES = [ISP, "include/media/v4l2-device.h", "drivers/media/v4l2-core/v4l2-device.c",
@@ -18,24 +17,13 @@ UNLOCK = ("\tmutex_unlock(&isp->media_dev.graph_mutex);\n\n"
 def media_kb(tmp_path_factory):
     """A tree of the omap3isp driver and the V4L2 / media-controller core,
     with its knowledge base built."""
-    from reviewbot.tree import knowledge as kn
-    try:
-        real = kernel_files(FILES)
-    except KernelSourceMissing as exc:   # pragma: no cover
-        pytest.skip(str(exc))
-    root = tmp_path_factory.mktemp("media")
-    tree = root / "tree"
-    base = make_tree(tree, real)
-    kn.build(str(tree), base, root / "cache", procs=1)
-    return tree, root / "cache"
+    return kb_tree(tmp_path_factory.mktemp("media"), FILES)
 
 
 def _review(media_kb, monkeypatch, subject, edit):
     tree, cache = media_kb
     monkeypatch.setenv("REVIEWBOT_INDEX_DIR", str(cache))
-    msgs = make_series(tree, [(subject, {ISP: edit})])
-    res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={"LCK008"}, min_confidence="low"))
-    return [f for r in res.patches for f in r.findings]
+    return review_edit(tree, subject, ISP, edit, "LCK008")
 
 
 def test_registering_subdev_nodes_under_the_graph_mutex_is_flagged(media_kb, monkeypatch):
@@ -75,24 +63,13 @@ def cifs_kb(tmp_path_factory):
     """fs/smb/client: sess.c, connect.c (cifs_put_tcp_session() takes
     cifs_tcp_ses_lock) and cifs_debug.c (takes a session's chan_lock with
     cifs_tcp_ses_lock held), with its knowledge base."""
-    from reviewbot.tree import knowledge as kn
-    try:
-        real = kernel_files(CIFS)
-    except KernelSourceMissing as exc:   # pragma: no cover
-        pytest.skip(str(exc))
-    root = tmp_path_factory.mktemp("cifs")
-    tree = root / "tree"
-    base = make_tree(tree, real)
-    kn.build(str(tree), base, root / "cache", procs=1)
-    return tree, root / "cache"
+    return kb_tree(tmp_path_factory.mktemp("cifs"), CIFS)
 
 
 def _review_cifs(cifs_kb, monkeypatch, subject, edit):
     tree, cache = cifs_kb
     monkeypatch.setenv("REVIEWBOT_INDEX_DIR", str(cache))
-    msgs = make_series(tree, [(subject, {CIFS[0]: edit})])
-    res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={"LCK001"}, min_confidence="low"))
-    return [f for r in res.patches for f in r.findings]
+    return review_edit(tree, subject, CIFS[0], edit, "LCK001")
 
 
 def test_dropping_the_server_under_chan_lock_inverts_the_tree_order(cifs_kb, monkeypatch):

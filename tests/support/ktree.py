@@ -404,3 +404,29 @@ def review_json(args: list[str], **env: str) -> dict:
     got = json.loads(proc.stdout)
     got.pop("timings", None)
     return got
+
+
+def kb_tree(root: Path | str, paths: list[str]) -> tuple[Path, Path]:
+    """(tree, cache): a git tree of these real kernel files under ROOT and
+    its knowledge base built into ROOT/cache (pytest skips the test when
+    the kernel source is missing)."""
+    import pytest
+    from reviewbot.tree import knowledge as kn
+    try:
+        real = kernel_files(paths)
+    except KernelSourceMissing as exc:   # pragma: no cover
+        pytest.skip(str(exc))
+    root = Path(root)
+    tree = root / "tree"
+    base = make_tree(tree, real)
+    kn.build(str(tree), base, root / "cache", procs=1)
+    return tree, root / "cache"
+
+
+def review_edit(tree: Path, subject: str, path: str, edit, rule: str) -> list:
+    """The findings of RULE (any confidence) on a one-patch series that
+    applies EDIT (text -> text) to PATH of TREE."""
+    from reviewbot.review import Options, review_mbox
+    msgs = make_series(tree, [(subject, {path: edit})])
+    res = review_mbox(b"".join(msgs), Options(tree=str(tree), only_rules={rule}, min_confidence="low"))
+    return [f for r in res.patches for f in r.findings]

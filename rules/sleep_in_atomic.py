@@ -138,9 +138,10 @@ class SleepInAtomic(Rule):
             down = f"; {' -> '.join(n + '()' for n in chain[1:])}" if len(chain) > 2 else ""
             return f"{fn.name}() can be reached in atomic context: {why}{down}"
 
-        def sleepers(flow, calls_why):
+        def sleepers(flow):
             out = []
-            for c, why in calls_why:
+            for c in flow.calls:
+                why = lf.sleeping_call(c.name, c.args)
                 if why:
                     out.append((c, why))
                 elif c.name not in ("might_sleep",) and c.name not in post.byname:
@@ -158,13 +159,13 @@ class SleepInAtomic(Rule):
         if fl is None or not any(lf.span_added(c.node, added) is not None for c in fl.calls):
             return      # the patch added no call to this function
         old = lf.flow_of(pre, fn.name)
-        now = sleepers(fl, [(c, lf.sleeping_call(c.name, c.args)) for c in fl.calls])
+        now = sleepers(fl)
         if not now:
             return
         before = Counter()
         guards_before: dict[str, list] = {}
         if old is not None:
-            for c, why in sleepers(old, [(c, lf.sleeping_call(c.name, c.args)) for c in old.calls]):
+            for c, why in sleepers(old):
                 before[why] += 1
                 guards_before.setdefault(why, []).append(_guards(c.node))
         seen = Counter()

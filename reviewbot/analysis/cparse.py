@@ -53,9 +53,11 @@ _RECENT: list = []
 
 
 def _reparse(data: bytes) -> tree_sitter.Tree:
+    if len(data) < 4096:
+        return _parser().parse(data)        # (a small text parses in no time)
     best = None
     for old_data, old_tree in _RECENT:
-        if abs(len(old_data) - len(data)) > len(data) // 4 or len(data) < 4096:
+        if abs(len(old_data) - len(data)) > len(data) // 4:
             continue
         pre = _common_prefix(old_data, data)
         suf = _common_suffix(old_data, data, pre)

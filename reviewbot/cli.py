@@ -1,6 +1,7 @@
 """The command line: `reviewbot review|rules|config|check|watch`."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -184,6 +185,21 @@ def _install_signal_handlers() -> dict:
     return old
 
 
+def script() -> None:
+    """The `reviewbot` command; main() is for callers in a process of their own.
+
+    A review makes a great many small objects (syntax nodes, facts, flows)
+    and frees few of them before it ends, so the cyclic garbage collector
+    is run less often (a young generation of 10,000 objects, not 700), and
+    at exit the heap is frozen so that the interpreter's shutdown does not
+    walk it once more.  Together ~0.1 s of a review of a 7,000-line file;
+    the peak memory is the same (bench/bench_review.py)."""
+    gc.set_threshold(10_000, 50, 100)
+    rc = main()
+    gc.freeze()
+    sys.exit(rc)
+
+
 def main(argv=None) -> int:
     # `reviewbot ... | head` ends quietly; restored on return (a caller
     # running main() in-process keeps its own SIGPIPE handling)
@@ -237,4 +253,4 @@ def _main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script()

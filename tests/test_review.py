@@ -318,3 +318,25 @@ Sebastian
     # without the human reply, the same finding is drafted
     (tmp_path / "p.mbox").write_bytes(patch)
     assert len(review_json(str(tmp_path / "p.mbox"), "--rule", "RT001")["replies"]) == 1
+
+
+def test_b4_attestation_modules_still_work_after_assembly():
+    """A review loads b4 without its attestation modules (dkim, patatt);
+    b4's own attestation code must still reach the real ones."""
+    code = """
+import sys
+from reviewbot.lore import mail, series
+groups, _ = mail.split_mbox(open(sys.argv[1], 'rb').read())
+s = series.assemble(groups)
+import b4
+assert 'dkim' not in sys.modules or type(sys.modules['dkim']).__name__ == '_OnFirstUse'
+b4.patatt.logger = b4.logger
+import patatt
+assert patatt.logger is b4.logger and b4.patatt.RES_VALID == patatt.RES_VALID
+assert b4.dkim.verify.__module__ == 'dkim'
+print(len(s.patches))
+"""
+    p = subprocess.run([sys.executable, "-c", code, str(DATA / "seeds" / "seed004.mbox")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout) >= 1

@@ -782,7 +782,8 @@ _GATES: dict[str, tuple[tuple[bytes, ...], ...]] = {
     "compatible-strcmp": ((b"compatible",),), "dup+control_msg": ((b"usb_control_msg",),),
     "checked-mul-alloc": ((b"overflow",),), "sizeof-div": ((b"sizeof",), (b"/",)),
     "frag-address": ((b"frag",),), "find-bit-loop": ((b"find_",),), "atomic-op-then-read": ((b"atomic",),),
-    "skb_put+memcpy": ((b"skb_put",),), "dma-two-masks": ((b"dma_set",),), "mul-alloc": ((b"*",),),
+    "skb_put+memcpy": ((b"skb_put",),), "dma-two-masks": ((b"dma_set",),),
+    "mul-alloc": ((b"alloc",), (b"*",)),        # every name in ALLOCATORS holds "alloc"
     "mask-shift": ((b">>", b"<<"),), "div-round-up": ((b"/",),), "one-shift": ((b"<<",),),
     "swap": ((b"=",),),
 }

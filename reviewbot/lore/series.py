@@ -3,8 +3,11 @@ a patch series (cover letter, patches in order, what is missing), using
 b4's LoreMailbox for the threading and revision logic."""
 from __future__ import annotations
 
+import importlib
 import logging
 import re
+import sys
+import types
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -14,13 +17,36 @@ from reviewbot.lore.mail import Copies
 
 
 def _b4():
-    """b4, imported when a series is first assembled (the rule process
-    reads Series objects and never needs it)."""
+    """b4, imported when a series is first assembled."""
+    if "b4" not in sys.modules:
+        for name in ("dkim", "patatt"):
+            sys.modules.setdefault(name, _OnFirstUse(name))
     import b4
     # b4 must never reach for the network while we assemble.
     b4.can_network = False
     logging.getLogger("b4").setLevel(logging.ERROR)
     return b4
+
+class _OnFirstUse(types.ModuleType):
+    """Stands in for a module b4 imports at its top but needs only to check
+    attestation, which reviewbot never asks of it: dkim (with dnspython)
+    and patatt (with PyNaCl), ~70 ms of every review's start.  The real
+    module is imported the first time one of its attributes is read or
+    set.  (importlib's LazyLoader does not do here: b4's `import` statement
+    itself reads the module's __spec__, which loads it.)"""
+
+    def _real(self):
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        return importlib.import_module(name)
+
+    def __getattr__(self, attr):
+        return getattr(self._real(), attr)
+
+    def __setattr__(self, attr, value):
+        setattr(self._real(), attr, value)
+
 
 _BASE_RE = re.compile(r"^base-commit:\s*([0-9a-f]{7,40})\s*$", re.MULTILINE)
 MAX_EXPECTED = 999

@@ -112,12 +112,12 @@ class AcquireWithoutRelease(Rule):
                     if _key(lk) in old_keys or (lk.acquire.line, lk.resource) in reported:
                         continue
                     reported.add((lk.acquire.line, lk.resource))
-                    yield self._leak_finding(fv, fn, lk)
+                    yield self._leak_finding(fv, fn, lk, added)
             if fv.has_full_image:
                 yield from self._exit_side(fv, added, calls_post)
             yield from self._pernet(fv, added, post_vis, pre_vis, calls_post)
 
-    def _leak_finding(self, fv, fn, lk: _Leak):
+    def _leak_finding(self, fv, fn, lk: _Leak, added):
         rels = release_names(lk.acquire.name, rc.known_calls(fv.post_tree))
         if lk.value:
             what = f"{lk.resource} = {lk.acquire.name}()"
@@ -127,10 +127,16 @@ class AcquireWithoutRelease(Rule):
                f"without {rels[0]}(). Is it leaked there?")
         if lk.ladder:
             msg += " The other failure paths do release it."
+        conf = "high" if lk.ladder else "medium"
+        if lk.acquire.line not in added:
+            # the patch added the exit, not the acquire: quote the exit
+            msg = msg.replace(f"After {what},", f"After {what} (line {lk.acquire.line}),", 1)
+            return self.finding(fv.path, lk.exit_line, msg, confidence=conf,
+                                related=[Location(fv.path, lk.acquire.line, f"{lk.acquire.name}() here")])
         end = lk.exit_line if lk.exit_line - lk.acquire.line <= 12 else None
         return self.finding(fv.path, lk.acquire.line, msg, end_line=end,
                             related=[Location(fv.path, lk.exit_line, "leaves without releasing")],
-                            confidence="high" if lk.ladder else "medium")
+                            confidence=conf)
 
     # -- module exit / .remove ---------------------------------------------
     def _exit_side(self, fv, added, file_calls):
@@ -405,7 +411,7 @@ def _analyse(fn_node, file_calls: set[str], vis: set[int] | None) -> list[_Leak]
                 if any(r.line >= tl for r in rel_any) or any(
                         r.line >= tl and r.name not in rels and _passes(r, resource) for r in calls):
                     continue
-            if not var or not _transferred_before(body, resource, c, ex):
+            if not var or not _transferred_before(body, resource, c, ex, rel_calls):
                 out.append(_Leak(c, resource, ex_line, ex_text, ladder, value=not status and var is not None))
                 break
     return out
@@ -429,14 +435,22 @@ def _released_before(ex, acq, rel_calls, calls, resource, anc) -> bool:
         if r in rel_calls:
             return True
         cons = _consequence_of(ex)
-        if cons is not None and cons.start_byte <= r.node.start_byte and not _LOG_RE.match(r.name):
-            return True
+        branch = cons.child_by_field_name("consequence") if cons is not None else None
+        if branch is not None and branch.start_byte <= r.node.start_byte and not _LOG_RE.match(r.name):
+            return True     # (a call in the condition is what failed, not a clean-up)
     return False
 
 
-def _transferred_before(body, var, acq, ex) -> bool:
+def _transferred_before(body, var, acq, ex, rel_calls=()) -> bool:
+    """Whether VAR is handed on (stored in a structure, passed to a call
+    that adds, sets, queues ... it) between the acquire and the exit.  A
+    hand-over the function itself releases VAR after is not one
+    (`platform_set_drvdata(pdev, mci)` with `edac_mc_free(mci)` in the
+    unwind ladder): the function still owns it."""
     for n in cparse.walk(body):
         if not (acq.node.end_byte < n.start_byte < ex.start_byte):
+            continue
+        if any(r.node.start_byte > n.end_byte for r in rel_calls):
             continue
         if n.type == "assignment_expression":
             right = n.child_by_field_name("right")

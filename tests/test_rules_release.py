@@ -13,12 +13,13 @@ DATA = pathlib.Path(__file__).parent / "data"
 SOCKMAP = "net/core/sock_map.c"
 WDT = "drivers/watchdog/gpio_wdt.c"
 DCCP = "net/dccp/proto.c"
+AXP = "drivers/edac/armada_xp_edac.c"
 
 
 @pytest.fixture(scope="module")
 def files():
     try:
-        return kernel_files([SOCKMAP, WDT, DCCP])
+        return kernel_files([SOCKMAP, WDT, DCCP, AXP])
     except KernelSourceMissing as exc:   # pragma: no cover
         pytest.skip(str(exc))
 
@@ -227,6 +228,30 @@ def test_leak_already_there_is_not_reported_again(tmp_path, files):
     ])
     got = _findings(b"".join(msgs), tree, "REL003")
     assert len(got[1]) == 1 and got[2] == []
+
+
+@pytest.mark.parametrize("freed", [False, True])
+def test_added_exit_after_an_old_acquire_handed_to_drvdata(tmp_path, files, freed):
+    """axp_mc_probe() hands mci to platform_set_drvdata() and still frees it
+    itself when edac_mc_add_mc() fails: a failure path the patch adds after
+    the hand-over leaks it unless it frees it too.  The finding quotes the
+    added exit (the acquire is not in the patch) and names the acquire's line."""
+    tree = _tree(tmp_path, files, AXP)
+    release = "\t\tedac_mc_free(mci);\n" if freed else ""
+    edit = _sub("\tid = of_match_device(axp_mc_of_match, &pdev->dev);\n",
+                "\tid = of_match_device(axp_mc_of_match, &pdev->dev);\n"
+                "\tif (!of_device_is_available(pdev->dev.of_node)) {\n" + release +
+                "\t\treturn -ENODEV;\n\t}\n")
+    mbox = make_patch(tree, {AXP: edit}, "EDAC/armada_xp: Refuse a disabled controller")
+    got = _findings(mbox, tree, "REL003")[1]
+    if freed:
+        assert got == []
+        return
+    assert len(got) == 1
+    f = got[0]
+    assert f.message.startswith("After mci = edac_mc_alloc() (line 308), the failure path `return -ENODEV;`")
+    assert "edac_mc_free()" in f.message and "The other failure paths do release it." in f.message
+    assert f.line == 319 and f.confidence == "high"
 
 
 def test_netns_fix_is_not_flagged_and_its_pre_image_shape_is():

@@ -100,7 +100,7 @@ class ReleaseRemoved(Rule):
                 post = post_funcs.get(pf.name)
                 if post is None:
                     continue
-                for got in self._goto_became_return(fv, pf, post, removed, shown):
+                for got in self._goto_became_return(ctx, fv, pf, post, removed, shown):
                     if (pf.name, got.line) not in reported:
                         reported.add((pf.name, got.line))
                         yield got
@@ -117,10 +117,15 @@ class ReleaseRemoved(Rule):
                         reported.add((pf.name, c.name, res))
                         yield got
 
-    def _goto_became_return(self, fv, pre_fn, post_fn, removed, shown):
+    def _goto_became_return(self, ctx, fv, pre_fn, post_fn, removed, shown):
         """A `goto` into the unwind ladder replaced by a direct `return`:
         what the ladder releases, and this function took before that
-        point, is now kept on that path."""
+        point, is now kept on that path.  What it took: an acquire the
+        release pairs with; a call whose result the ladder releases, when
+        the tree's callers release it so or this function's other failure
+        paths after it still go to that label; or, for a release that
+        undoes this very function (niu_free_channels() in
+        niu_alloc_channels()), whatever the function set up by then."""
         for label, ret_line in _replaced_gotos(fv, removed):
             if not (post_fn.start <= ret_line <= post_fn.end):
                 continue
@@ -141,11 +146,18 @@ class ReleaseRemoved(Rule):
                     continue
                 acq = _acquire_of(post_fn, res, fam)
                 support = ""
-                if acq is None and self._kb:
-                    # a call the tables do not know: the tree's callers say
+                if acq is None and post_fn.name in fam:
+                    acq = (post_fn.name, post_fn.start, "self")
+                if acq is None:
+                    # a call the tables do not know: the tree's callers, or
+                    # this function's own ladder, say what it hands out
                     got = _unknown_acquire(post_fn, res, ret_line)
                     if got is not None:
-                        sup = _mined(self._kb, got[0], rel.name, fam)
+                        if self._kb is None:
+                            self._kb = ctx.knowledge or False
+                        sup = _mined(self._kb, got[0], rel.name, fam) if self._kb else ""
+                        if not sup and any(g > got[1] for g in _gotos_to(post_fn, label)):
+                            sup = f", and the other failure paths after it still go to {label}"
                         if sup:
                             acq, support = got, sup
                 if acq is None or acq[1] >= ret_line:
@@ -156,13 +168,19 @@ class ReleaseRemoved(Rule):
                 if any(is_release(c.name) and _resource(c) == res and acq[1] < c.line < ret_line
                        for c in cparse.calls(post_fn.node)):
                     continue
-                msg = (f"This returns directly where it used to `goto {label}`, but the code at "
-                       f"{label} calls {rel.name}({rel.args[_RESOURCE_ARG.get(rel.name, 0)].strip()}), "
-                       f"and {res} was taken by {acq[0]}() at line {acq[1]}{support}. Is it leaked on this "
-                       f"path now?")
-                yield self.finding(fv.path, ret_line, msg, confidence="medium",
-                                   related=[Location(fv.path, acq[1], f"{acq[0]}() takes it"),
-                                            Location(fv.path, rel.line, f"{label} releases it")])
+                call = f"{rel.name}({rel.args[_RESOURCE_ARG.get(rel.name, 0)].strip()})"
+                if acq[2] == "self":
+                    msg = (f"This returns directly where it used to `goto {label}`, but the code at "
+                           f"{label} calls {call}, which undoes what {post_fn.name}() has set up by "
+                           f"then. Is that left behind on this path now?")
+                    related = [Location(fv.path, rel.line, f"{label} undoes it")]
+                else:
+                    msg = (f"This returns directly where it used to `goto {label}`, but the code at "
+                           f"{label} calls {call}, and {res} was taken by {acq[0]}() at line "
+                           f"{acq[1]}{support}. Is it leaked on this path now?")
+                    related = [Location(fv.path, acq[1], f"{acq[0]}() takes it"),
+                               Location(fv.path, rel.line, f"{label} releases it")]
+                yield self.finding(fv.path, ret_line, msg, confidence="medium", related=related)
                 break
 
     def _check(self, fv, pre_fn, post_fn, call, res, shown):
@@ -245,6 +263,13 @@ def _replaced_gotos(fv, removed: set[int]) -> list[tuple[str, int]]:
                     out.append((m.group(1), other.new_no))
                     break
     return out
+
+
+def _gotos_to(fn, label: str) -> list[int]:
+    """The lines of FN's `goto LABEL;` statements."""
+    body = fn.node.child_by_field_name("body")
+    return [cparse.line_of(n) for n in cparse.walk(body) if n.type == "goto_statement"
+            and cparse.node_text(n.child_by_field_name("label")) == label] if body else []
 
 
 def _anchor(fv, old_no: int) -> int | None:

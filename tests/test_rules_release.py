@@ -14,12 +14,14 @@ SOCKMAP = "net/core/sock_map.c"
 WDT = "drivers/watchdog/gpio_wdt.c"
 DCCP = "net/dccp/proto.c"
 AXP = "drivers/edac/armada_xp_edac.c"
+ALX = "drivers/net/ethernet/atheros/alx/main.c"
+REPLACE = "fs/btrfs/dev-replace.c"
 
 
 @pytest.fixture(scope="module")
 def files():
     try:
-        return kernel_files([SOCKMAP, WDT, DCCP, AXP])
+        return kernel_files([SOCKMAP, WDT, DCCP, AXP, ALX, REPLACE])
     except KernelSourceMissing as exc:   # pragma: no cover
         pytest.skip(str(exc))
 
@@ -264,3 +266,39 @@ def test_netns_fix_is_not_flagged_and_its_pre_image_shape_is():
     bad = pathlib.Path(__file__).parent.parent / "rules" / "fixtures" / "REL003" / "bad-dccp-proc-no-netns-exit.mbox"
     got = _findings(bad.read_bytes(), None, "REL003", with_tree=False)[1]
     assert len(got) == 1 and "dccp_proc_net_ops" in got[0].message and ".exit" in got[0].message
+
+
+# -- REL004: a goto into the unwind ladder turned into a return ------------
+
+def test_return_skipping_the_functions_own_undo(tmp_path, files):
+    """alx_alloc_napis() undoes itself at err_out with alx_free_napis():
+    returning directly from a later failure leaves its allocations behind."""
+    tree = _tree(tmp_path, files, ALX)
+    edit = _sub("\t\ttxq = kzalloc(sizeof(*txq), GFP_KERNEL);\n\t\tif (!txq)\n\t\t\tgoto err_out;\n",
+                "\t\ttxq = kzalloc(sizeof(*txq), GFP_KERNEL);\n\t\tif (!txq)\n\t\t\treturn -ENOMEM;\n")
+    mbox = make_patch(tree, {ALX: edit}, "net: alx: Return early when a tx queue is not allocated")
+    got = _findings(mbox, tree, "REL004")[1]
+    assert len(got) == 1
+    assert got[0].message.startswith("This returns directly where it used to `goto err_out`, but the code at "
+                                     "err_out calls alx_free_napis(alx), which undoes what alx_alloc_napis()")
+
+
+@pytest.mark.parametrize("put_first", [False, True])
+def test_return_skipping_a_ladder_the_other_failures_use(tmp_path, files, put_first):
+    """No table pairs blkdev_get_by_path() with blkdev_put() here (no tree
+    knowledge base either): the function's own ladder, which its later
+    failure paths still reach, says bdev is to be put on failure."""
+    tree = _tree(tmp_path, files, REPLACE)
+    put = "\t\tblkdev_put(bdev, FMODE_EXCL);\n" if put_first else ""
+    edit = _sub("\t\t\"dev-replace: zoned type of target device mismatch with filesystem\");\n"
+                "\t\tret = -EINVAL;\n\t\tgoto error;\n",
+                "\t\t\"dev-replace: zoned type of target device mismatch with filesystem\");\n"
+                + put + "\t\treturn -EINVAL;\n")
+    mbox = make_patch(tree, {REPLACE: edit}, "btrfs: dev-replace: Return early on a zone type mismatch")
+    got = _findings(mbox, tree, "REL004")[1]
+    if put_first:
+        assert got == []
+        return
+    assert len(got) == 1
+    assert "the code at error calls blkdev_put(bdev), and bdev was taken by blkdev_get_by_path() at line " \
+           "259, and the other failure paths after it still go to error." in " ".join(got[0].message.split())

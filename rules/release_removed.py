@@ -18,6 +18,16 @@ _CLEANUP_WORDS = re.compile(r"put|free|release|destroy|cleanup|clean_up|unregist
                             re.I)
 
 
+_UNDO_WORDS = re.compile(r"(?:^|_)(?:cleanup|deinit|uninit|teardown|exit|fini)(?:_|$)")
+
+
+def _undoes(name: str) -> bool:
+    """A release, or the undo of a set-up step named after it
+    (mlx5_cleanup_clock() for mlx5_init_clock(), foo_deinit() for
+    foo_init()): such a pair counts only where the function calls both."""
+    return is_release(name) or (_UNDO_WORDS.search(name) is not None and bool(acquires_of(name)))
+
+
 def _norm(expr: str) -> str:
     t = re.sub(r"\s+", "", expr)
     t = re.sub(r"^\((?:const)?(?:struct)?\w+\*?\)", "", t)      # a cast
@@ -105,7 +115,7 @@ class ReleaseRemoved(Rule):
                         reported.add((pf.name, got.line))
                         yield got
                 for c in cparse.calls(pf.node):
-                    if c.line not in removed or not is_release(c.name):
+                    if c.line not in removed or not _undoes(c.name):
                         continue
                     res = _resource(c)
                     if not res or (pf.name, c.name, res) in reported:
@@ -138,7 +148,7 @@ class ReleaseRemoved(Rule):
                 continue
             ladder = [c for c in cparse.calls(post_fn.node) if c.line >= cparse.line_of(tgt)]
             for rel in ladder:
-                if not is_release(rel.name):
+                if not _undoes(rel.name):
                     continue
                 res = _resource(rel)
                 fam = acquires_of(rel.name)
@@ -165,7 +175,7 @@ class ReleaseRemoved(Rule):
                 if shown is not None and acq[1] not in shown:
                     continue
                 # released on the way to the return anyway?
-                if any(is_release(c.name) and _resource(c) == res and acq[1] < c.line < ret_line
+                if any(_undoes(c.name) and _resource(c) == res and acq[1] < c.line < ret_line
                        for c in cparse.calls(post_fn.node)):
                     continue
                 call = f"{rel.name}({rel.args[_RESOURCE_ARG.get(rel.name, 0)].strip()})"
@@ -190,7 +200,7 @@ class ReleaseRemoved(Rule):
         # moved, not removed: as many releases of it after the patch as before
         def count(fn):
             return sum(1 for c in cparse.calls(fn.node)
-                       if is_release(c.name) and (c.name == call.name or acquires_of(c.name) & fam)
+                       if _undoes(c.name) and (c.name == call.name or acquires_of(c.name) & fam)
                        and _resource(c) == res)
         if count(post_fn) >= count(pre_fn):
             return None
@@ -231,10 +241,16 @@ class ReleaseRemoved(Rule):
             path = f"{post_fn.name}() now ends"
         else:
             path = f"the path through line {exit_line} now leaves {post_fn.name}()"
-        msg = (f"This removes {call.name}({call.args[_RESOURCE_ARG.get(call.name, 0)].strip()}), "
-               f"but {res} is still taken by {acq_name}() {where} (line {acq_line}){support}, and {path} "
-               f"without releasing it. Is it leaked there now, or is it released somewhere "
-               f"this patch does not show?")
+        arg = call.args[_RESOURCE_ARG.get(call.name, 0)].strip()
+        if not is_release(call.name):
+            # the undo of a set-up step (mlx5_cleanup_clock() / mlx5_init_clock())
+            msg = (f"This removes {call.name}({arg}), but {acq_name}() {where} (line {acq_line}) "
+                   f"stays, and {path} without undoing it. Is that set-up left behind there now?")
+        else:
+            msg = (f"This removes {call.name}({arg}), "
+                   f"but {res} is still taken by {acq_name}() {where} (line {acq_line}){support}, and {path} "
+                   f"without releasing it. Is it leaked there now, or is it released somewhere "
+                   f"this patch does not show?")
         conf = "low" if how == "value?" else "medium"
         return self.finding(fv.path, anchor, msg, confidence=conf,
                             related=[Location(fv.path, acq_line, f"{acq_name}() takes it"),
@@ -385,10 +401,12 @@ def _file_acquire(fv, res: str, fam) -> tuple[str, int, str] | None:
 
 def _releases(node, res: str, fam, name: str) -> bool:
     for c in cparse.calls(node):
-        if is_release(c.name) and (c.name == name or acquires_of(c.name) & fam) and _resource(c) == res:
+        if _undoes(c.name) and (c.name == name or acquires_of(c.name) & fam) and _resource(c) == res:
             return True
-        if _CLEANUP_WORDS.search(c.name) and any(_norm(a) == res for a in c.args) and c.name != name:
-            return True     # handed to a helper that may release it
+        if _CLEANUP_WORDS.search(c.name) and any(_norm(a) == res for a in c.args) and c.name != name \
+                and is_release(name):
+            return True     # handed to a helper that may release it (not for a set-up step's
+            #                 undo: mlx5_cleanup_clock(dev) is not done by another cleanup of dev)
     return False
 
 

@@ -16,12 +16,13 @@ DCCP = "net/dccp/proto.c"
 AXP = "drivers/edac/armada_xp_edac.c"
 ALX = "drivers/net/ethernet/atheros/alx/main.c"
 REPLACE = "fs/btrfs/dev-replace.c"
+AHB = "drivers/net/wireless/ath/ath10k/ahb.c"
 
 
 @pytest.fixture(scope="module")
 def files():
     try:
-        return kernel_files([SOCKMAP, WDT, DCCP, AXP, ALX, REPLACE])
+        return kernel_files([SOCKMAP, WDT, DCCP, AXP, ALX, REPLACE, AHB])
     except KernelSourceMissing as exc:   # pragma: no cover
         pytest.skip(str(exc))
 
@@ -302,3 +303,28 @@ def test_return_skipping_a_ladder_the_other_failures_use(tmp_path, files, put_fi
     assert len(got) == 1
     assert "the code at error calls blkdev_put(bdev), and bdev was taken by blkdev_get_by_path() at line " \
            "259, and the other failure paths after it still go to error." in " ".join(got[0].message.split())
+
+
+@pytest.mark.parametrize("init_stays", [True, False])
+def test_undo_of_a_set_up_step_removed_from_the_ladder(tmp_path, files, init_stays):
+    """ath10k_ahb_resource_init() undoes ath10k_ahb_clock_init(ar) with
+    ath10k_ahb_clock_deinit(ar) at err_clock_deinit: dropping the undo while
+    the set-up stays is asked about; dropping both is not."""
+    tree = _tree(tmp_path, files, AHB)
+    edits = [_sub("err_clock_deinit:\n\tath10k_ahb_clock_deinit(ar);\n", "err_clock_deinit:\n")]
+    if not init_stays:
+        edits.append(_sub("\tret = ath10k_ahb_clock_init(ar);\n\tif (ret)\n\t\tgoto err_tcsr_mem_unmap;\n\n", ""))
+
+    def edit(text):
+        for e in edits:
+            text = e(text)
+        return text
+    mbox = make_patch(tree, {AHB: edit}, "ath10k: ahb: Rework the resource error path")
+    got = _findings(mbox, tree, "REL004")[1]
+    if not init_stays:
+        assert got == []
+        return
+    assert len(got) == 1
+    assert " ".join(got[0].message.split()).startswith(
+        "This removes ath10k_ahb_clock_deinit(ar), but ath10k_ahb_clock_init() in this function (line 483) "
+        "stays, and the path through line ")

@@ -339,7 +339,9 @@ def acquires_of(release: str) -> frozenset[str]:
                       ("_deregister", ("_register",)), ("_release", ("_request", "_get", "_acquire", "_alloc")),
                       ("_unmap", ("_map",)), ("_disable", ("_enable",)), ("_exit", ("_init",)),
                       ("_cleanup", ("_init", "_setup")), ("_stop", ("_start",)),
-                      ("_disconnect", ("_connect", "_attach")), ("_detach", ("_attach",))):
+                      ("_disconnect", ("_connect", "_attach")), ("_detach", ("_attach",)),
+                      ("_deinit", ("_init",)), ("_uninit", ("_init",)), ("_fini", ("_init",)),
+                      ("_teardown", ("_setup",))):
         if release.endswith(suf) and len(release) > len(suf):
             stem = release[: -len(suf)]
             derived.update(stem + a for a in acqs)
@@ -349,7 +351,9 @@ def acquires_of(release: str) -> frozenset[str]:
             stem = release[len(pre):]
             derived.update(a + stem for a in acqs)
     for mid, acqs in (("_put_", ("_get_",)), ("_free_", ("_alloc_", "_new_")), ("_unregister_", ("_register_",)),
-                      ("_release_", ("_get_", "_acquire_", "_request_")), ("_destroy_", ("_create_", "_alloc_"))):
+                      ("_release_", ("_get_", "_acquire_", "_request_")), ("_destroy_", ("_create_", "_alloc_")),
+                      ("_cleanup_", ("_init_", "_setup_")), ("_deinit_", ("_init_",)), ("_uninit_", ("_init_",)),
+                      ("_exit_", ("_init_",)), ("_teardown_", ("_setup_",))):
         if mid in release:
             derived.update(release.replace(mid, a, 1) for a in acqs)
     return known | frozenset(derived)

@@ -206,7 +206,13 @@ class ReleaseRemoved(Rule):
             return None
         added = fv.added_lines
         base = re.split(r"->|\.", res)[0]
+        fn_names = frozenset(c.name for c in cparse.calls(post_fn.node))
+        instead = None
         for c in cparse.calls(post_fn.node):
+            if _undoes_another_step(c.name, fn_names, fam):
+                if c.line in added and any(_norm(a) == res for a in c.args):
+                    instead = c.name    # platform_device_del() for platform_device_put()
+                continue
             if c.line in added and _CLEANUP_WORDS.search(c.name) and any(
                     _norm(a) == res or _norm(a).startswith((res + "->", res + ".")) or _norm(a) == base
                     for a in c.args):
@@ -251,6 +257,10 @@ class ReleaseRemoved(Rule):
                    f"but {res} is still taken by {acq_name}() {where} (line {acq_line}){support}, and {path} "
                    f"without releasing it. Is it leaked there now, or is it released somewhere "
                    f"this patch does not show?")
+            if instead:
+                step = next(n for suf, steps in _STEP_UNDO if instead.endswith(suf)
+                            for n in (instead[: -len(suf)] + x for x in steps) if n in fn_names)
+                msg += f" ({instead}() undoes {step}(), not {acq_name}().)"
         conf = "low" if how == "value?" else "medium"
         return self.finding(fv.path, anchor, msg, confidence=conf,
                             related=[Location(fv.path, acq_line, f"{acq_name}() takes it"),
@@ -399,12 +409,26 @@ def _file_acquire(fv, res: str, fam) -> tuple[str, int, str] | None:
     return None
 
 
-def _releases(node, res: str, fam, name: str) -> bool:
+# clean-ups that undo a later step of a two-step set-up (platform_device_del()
+# undoes platform_device_add(), not platform_device_alloc())
+_STEP_UNDO = (("_del", ("_add",)), ("_remove", ("_add", "_insert")), ("_stop", ("_start",)),
+              ("_disable", ("_enable",)))
+
+
+def _undoes_another_step(name: str, fn_names: frozenset, fam) -> bool:
+    for suf, steps in _STEP_UNDO:
+        if name.endswith(suf):
+            others = {name[: -len(suf)] + s for s in steps}
+            return bool(others & fn_names) and not others & fam
+    return False
+
+
+def _releases(node, res: str, fam, name: str, fn_names: frozenset = frozenset()) -> bool:
     for c in cparse.calls(node):
         if _undoes(c.name) and (c.name == name or acquires_of(c.name) & fam) and _resource(c) == res:
             return True
         if _CLEANUP_WORDS.search(c.name) and any(_norm(a) == res for a in c.args) and c.name != name \
-                and is_release(name):
+                and is_release(name) and not _undoes_another_step(c.name, fn_names, fam):
             return True     # handed to a helper that may release it (not for a set-up step's
             #                 undo: mlx5_cleanup_clock(dev) is not done by another cleanup of dev)
     return False
@@ -458,6 +482,7 @@ def _unreleased_exit(fn, anchor: int, res: str, fam, name: str, shown) -> int | 
     body = fn.node.child_by_field_name("body")
     if body is None:
         return None
+    fn_names = frozenset(c.name for c in cparse.calls(fn.node))
     labels = {}
     for n in cparse.walk(body):
         if n.type == "labeled_statement":
@@ -493,7 +518,7 @@ def _unreleased_exit(fn, anchor: int, res: str, fam, name: str, shown) -> int | 
                 continue
             if shown is not None and any(i not in shown for i in range(cparse.line_of(st), cparse.end_line_of(st) + 1)):
                 return None
-            if _releases(st, res, fam, name) or _hands_on(st, res):
+            if _releases(st, res, fam, name, fn_names) or _hands_on(st, res):
                 return None
             ex = _first_exit(st)
             if ex is None:
@@ -509,7 +534,7 @@ def _unreleased_exit(fn, anchor: int, res: str, fam, name: str, shown) -> int | 
                     return None
                 # the ladder from the label down to the function's end
                 tail = [s for s in body.named_children if cparse.line_of(s) >= cparse.line_of(tgt)]
-                if any(_releases(s, res, fam, name) or _hands_on(s, res) for s in tail):
+                if any(_releases(s, res, fam, name, fn_names) or _hands_on(s, res) for s in tail):
                     return None
                 return cparse.line_of(ex)
             if ex.type == "return_statement":

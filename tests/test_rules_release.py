@@ -17,12 +17,13 @@ AXP = "drivers/edac/armada_xp_edac.c"
 ALX = "drivers/net/ethernet/atheros/alx/main.c"
 REPLACE = "fs/btrfs/dev-replace.c"
 AHB = "drivers/net/wireless/ath/ath10k/ahb.c"
+TOPSTAR = "drivers/platform/x86/topstar-laptop.c"
 
 
 @pytest.fixture(scope="module")
 def files():
     try:
-        return kernel_files([SOCKMAP, WDT, DCCP, AXP, ALX, REPLACE, AHB])
+        return kernel_files([SOCKMAP, WDT, DCCP, AXP, ALX, REPLACE, AHB, TOPSTAR])
     except KernelSourceMissing as exc:   # pragma: no cover
         pytest.skip(str(exc))
 
@@ -328,3 +329,24 @@ def test_undo_of_a_set_up_step_removed_from_the_ladder(tmp_path, files, init_sta
     assert " ".join(got[0].message.split()).startswith(
         "This removes ath10k_ahb_clock_deinit(ar), but ath10k_ahb_clock_init() in this function (line 483) "
         "stays, and the path through line ")
+
+
+@pytest.mark.parametrize("instead,flagged", [("platform_device_del", True), ("platform_device_unregister", False)])
+def test_put_replaced_by_the_undo_of_another_step(tmp_path, files, instead, flagged):
+    """platform_device_del() undoes platform_device_add(), not the
+    allocation: replacing the failure path's platform_device_put() with it
+    leaves the device allocated; platform_device_unregister() (del + put)
+    releases it."""
+    tree = _tree(tmp_path, files, TOPSTAR)
+    edit = _sub("err_device_put:\n\tplatform_device_put(topstar->platform);\n",
+                f"err_device_put:\n\t{instead}(topstar->platform);\n")
+    mbox = make_patch(tree, {TOPSTAR: edit}, "platform/x86: topstar: Rework the error path")
+    got = _findings(mbox, tree, "REL004")[1]
+    if not flagged:
+        assert got == []
+        return
+    assert len(got) == 1
+    msg = " ".join(got[0].message.split())
+    assert msg.startswith("This removes platform_device_put(topstar->platform), but topstar->platform is still "
+                          "taken by platform_device_alloc() in this function")
+    assert msg.endswith("(platform_device_del() undoes platform_device_add(), not platform_device_alloc().)")

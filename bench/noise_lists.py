@@ -48,8 +48,8 @@ def list_name(git_dir: str) -> str:
 
 def patch_mails(git_dir: str, limit: int, skipped: collections.Counter):
     """Yield (commit, date, raw message) of up to LIMIT patch mails, newest first."""
-    log = subprocess.Popen(["git", "-C", git_dir, "log", "--date=short", "--format=%H %ad %s"], stdout=subprocess.PIPE,
-                           text=True, errors="replace")
+    log = subprocess.Popen(["git", "-C", git_dir, "log", "--date=short", "--format=%H %ad %s"],
+                           stdout=subprocess.PIPE, text=True, errors="replace")
     cat = subprocess.Popen(["git", "-C", git_dir, "cat-file", "--batch"], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE)
     n = 0

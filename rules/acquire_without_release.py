@@ -446,29 +446,48 @@ def _transferred_before(body, var, acq, ex, rel_calls=()) -> bool:
     that adds, sets, queues ... it) between the acquire and the exit.  A
     hand-over the function itself releases VAR after is not one
     (`platform_set_drvdata(pdev, mci)` with `edac_mc_free(mci)` in the
-    unwind ladder): the function still owns it."""
+    unwind ladder): the function still owns it.  A release in the
+    hand-over's own failure branch does not count (after a failed
+    devm_add_action_or_reset() the object is still the function's)."""
     for n in cparse.walk(body):
-        if not (acq.node.end_byte < n.start_byte < ex.start_byte):
+        if not (acq.node.end_byte < n.start_byte < ex.start_byte) or not _hands_over(n, var):
             continue
-        if any(r.node.start_byte > n.end_byte for r in rel_calls):
+        fail = _failure_branch(n) if n.type == "call_expression" else None
+        if any(r.node.start_byte > n.end_byte and not (fail is not None and
+               fail.start_byte <= r.node.start_byte < fail.end_byte) for r in rel_calls):
             continue
-        if n.type == "assignment_expression":
-            right = n.child_by_field_name("right")
-            left = n.child_by_field_name("left")
-            if right is not None and _norm(cparse.node_text(right)) == var and left is not None \
-                    and left.type != "identifier":
-                return True
-        elif n.type == "call_expression":
-            fn = n.child_by_field_name("function")
-            args = n.child_by_field_name("arguments")
-            if fn is None or args is None:
-                continue
-            name = cparse.node_text(fn)
-            if _TRANSFER_RE.search(name) and any(_norm(cparse.node_text(a)) == var or
-                                                 _norm(cparse.node_text(a)).startswith(var + "->")
-                                                 for a in args.named_children):
-                return True
+        return True
     return False
+
+
+def _hands_over(n, var) -> bool:
+    if n.type == "assignment_expression":
+        right = n.child_by_field_name("right")
+        left = n.child_by_field_name("left")
+        return right is not None and _norm(cparse.node_text(right)) == var and left is not None \
+            and left.type != "identifier"
+    if n.type == "call_expression":
+        fn = n.child_by_field_name("function")
+        args = n.child_by_field_name("arguments")
+        if fn is None or args is None:
+            return False
+        return bool(_TRANSFER_RE.search(cparse.node_text(fn))) and any(
+            _norm(cparse.node_text(a)) == var or _norm(cparse.node_text(a)).startswith(var + "->")
+            for a in args.named_children)
+    return False
+
+
+def _failure_branch(call):
+    """The if statement that handles CALL failing: the one whose condition
+    holds it, or the statement right after it when that is an if."""
+    got = _in_condition(call)
+    if got is not None:
+        return got
+    stmt = _enclosing_statement(call)
+    nxt = stmt.next_named_sibling
+    while nxt is not None and nxt.type == "comment":
+        nxt = nxt.next_named_sibling
+    return nxt if nxt is not None and nxt.type == "if_statement" else None
 
 
 def _init_exit_pairs(text: str, tree) -> list[tuple[str, str]]:

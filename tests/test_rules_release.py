@@ -221,6 +221,22 @@ def test_error_path_after_acquire(tmp_path, files, getter, store, flagged):
     assert "clk_put()" in f.message
 
 
+def test_release_in_a_failed_hand_over_branch_keeps_the_hand_over(tmp_path, files):
+    """devm_add_action_or_reset() takes clk over; the clk_put() in its own
+    failure branch (a double put, but another question) does not make the
+    later failure paths leaks."""
+    tree = _tree(tmp_path, files, WDT)
+    base = _wdt_clk("clk_get")
+    hand = ("\tret = devm_add_action_or_reset(dev, gpio_wdt_clk_put, clk);\n"
+            "\tif (ret) {\n\t\tclk_put(clk);\n\t\treturn ret;\n\t}\n")
+
+    def edit(text):
+        text = base(text)
+        return _sub("\t\treturn PTR_ERR(clk);\n", "\t\treturn PTR_ERR(clk);\n" + hand)(text)
+    mbox = make_patch(tree, {WDT: edit}, "watchdog: gpio_wdt: Enable the bus clock")
+    assert _findings(mbox, tree, "REL003")[1] == []
+
+
 def test_leak_already_there_is_not_reported_again(tmp_path, files):
     tree = _tree(tmp_path, files, WDT)
     msgs = make_series(tree, [

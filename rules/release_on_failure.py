@@ -5,6 +5,7 @@ import re
 
 from reviewbot.analysis import cparse
 from reviewbot.analysis.rt import any_in_range
+from reviewbot.analysis.rulekit import is_release
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
@@ -101,6 +102,8 @@ class ReleaseOnFailure(Rule):
                     names = {x.name for part in region for x in cparse.calls(part)}
                     if rel in names:
                         continue
+                    if _gap_before(fv, fn.name, c, rel, names):
+                        continue        # the patch leaves an old failure path as it was
                     weak = sorted(n for n in names if _WEAK.match(n))
                     instead = f" It calls {weak[0]}() instead." if weak else ""
                     msg = (f"{c.name}() keeps its reference even when it fails, and {support} "
@@ -109,6 +112,29 @@ class ReleaseOnFailure(Rule):
                            f"behind the refcount's back) here?")
                     yield self.finding(fv.path, lo, msg,
                                        related=[Location(fv.path, c.line, f"{c.name}() called here")])
+
+
+def _gap_before(fv, fname: str, call, rel: str, post_names: set[str]) -> bool:
+    """Whether the pre-image already called CALL (same name and arguments)
+    in FNAME and its failure path already went without REL, with the same
+    releases as now (none taken away, none added): editing that path's
+    message or its goto does not introduce the gap."""
+    if call.line in fv.added_lines:
+        return False
+    pre = next((f for f in cparse.functions(fv.pre_tree) if f.name == fname), None)
+    if pre is None:
+        return False
+    want = [re.sub(r"\s+", "", a) for a in call.args]
+    for c in cparse.calls(pre.node):
+        if c.name != call.name or [re.sub(r"\s+", "", a) for a in c.args] != want:
+            continue
+        branch = _failure_branch(c)
+        if branch is None:
+            continue
+        names = {x.name for part in [branch] + _ladder(pre, branch) for x in cparse.calls(part)}
+        changed = {n for n in names ^ post_names if is_release(n) or _WEAK.match(n)}
+        return rel not in names and not changed
+    return False
 
 
 def _failure_branch(call):

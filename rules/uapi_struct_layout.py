@@ -71,7 +71,7 @@ class UapiStructLayout(Rule):
             if not fv.path.endswith(".h") or not matches_any(fv.path, UAPI_GLOBS):
                 continue
             added = fv.added_lines
-            for sname, line, members in _new_structs(fv.post_tree, added):
+            for sname, line, members in _new_structs(fv.post_tree, added, fv.post_text):
                 c_code = _users_of(c_files, sname)
                 used = bool(c_code)
                 for mname, mline, mtext, is_ptr in members:
@@ -124,7 +124,8 @@ def _users_of(c_files: dict, sname: str) -> str:
     return "\n".join(out)
 
 
-def _new_structs(tree, added):
+def _new_structs(tree, added, text: str):
+    raw = text.encode("utf-8", errors="replace")     # (the source as written: __user and all)
     for n in cparse.walk(tree.root_node):
         if n.type != "struct_specifier":
             continue
@@ -143,7 +144,8 @@ def _new_structs(tree, added):
                 is_ptr = d.type in ("pointer_declarator", "function_declarator") or (
                     d.type == "array_declarator" and d.child_by_field_name("declarator") is not None
                     and d.child_by_field_name("declarator").type == "pointer_declarator")
-                members.append((ident, cparse.line_of(fd), " ".join(cparse.node_text(fd).rstrip(";").split()), is_ptr))
+                src = raw[fd.start_byte:fd.end_byte].decode("utf-8", errors="replace")
+                members.append((ident, cparse.line_of(fd), " ".join(src.rstrip(";").split()), is_ptr))
         yield cparse.node_text(name), cparse.line_of(n), members
 
 

@@ -18,12 +18,13 @@ ALX = "drivers/net/ethernet/atheros/alx/main.c"
 REPLACE = "fs/btrfs/dev-replace.c"
 AHB = "drivers/net/wireless/ath/ath10k/ahb.c"
 TOPSTAR = "drivers/platform/x86/topstar-laptop.c"
+SPMI = "drivers/spmi/spmi.c"
 
 
 @pytest.fixture(scope="module")
 def files():
     try:
-        return kernel_files([SOCKMAP, WDT, DCCP, AXP, ALX, REPLACE, AHB, TOPSTAR])
+        return kernel_files([SOCKMAP, WDT, DCCP, AXP, ALX, REPLACE, AHB, TOPSTAR, SPMI])
     except KernelSourceMissing as exc:   # pragma: no cover
         pytest.skip(str(exc))
 
@@ -366,3 +367,27 @@ def test_put_replaced_by_the_undo_of_another_step(tmp_path, files, instead, flag
     assert msg.startswith("This removes platform_device_put(topstar->platform), but topstar->platform is still "
                           "taken by platform_device_alloc() in this function")
     assert msg.endswith("(platform_device_del() undoes platform_device_add(), not platform_device_alloc().)")
+
+
+# -- REL005 ----------------------------------------------------------------
+
+_SPMI_FAIL = ("\tif (err < 0) {\n\t\tdev_err(&sdev->dev, \"Can't add %s, status %d\\n\",\n"
+              "\t\t\tdev_name(&sdev->dev), err);\n\t\tgoto err_device_add;\n\t}\n")
+
+
+@pytest.mark.parametrize("new_branch,flagged", [
+    # only the message changes: the path had no put_device() before either
+    ("\tif (err < 0) {\n\t\tdev_err(&sdev->dev, \"Can't add device: %pe\\n\", ERR_PTR(err));\n"
+     "\t\tgoto err_device_add;\n\t}\n", False),
+    # the path now frees the device behind its refcount
+    ("\tif (err < 0) {\n\t\tkfree(sdev);\n\t\tgoto err_device_add;\n\t}\n", True),
+])
+def test_old_failure_path_edited_is_not_blamed(tmp_path, files, new_branch, flagged):
+    """spmi_device_add()'s device_add() failure path has no put_device() in
+    6.1 (its callers drop the reference): a patch that edits that path
+    without changing its releases did not introduce the gap; one that
+    frees the device there does."""
+    tree = _tree(tmp_path, files, SPMI)
+    mbox = make_patch(tree, {SPMI: _sub(_SPMI_FAIL, new_branch)}, "spmi: Print error status with %pe format")
+    got = _findings(mbox, tree, "REL005")[1]
+    assert bool(got) == flagged, got

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -35,7 +36,7 @@ def parse(text: str) -> tree_sitter.Tree:
     if tree is not None:
         _PARSED.move_to_end(key)
         return tree
-    data = text.encode("utf-8", errors="replace")
+    data = _SPARSE.sub(_blank, text.encode("utf-8", errors="replace"))
     tree = _reparse(data)
     _PARSED[key] = tree
     if len(_PARSED) > _PARSE_CACHE:
@@ -44,6 +45,16 @@ def parse(text: str) -> tree_sitter.Tree:
     if len(_RECENT) > 4:
         del _RECENT[0]
     return tree
+
+
+# sparse's annotations, blanked (same length: offsets and lines stay) before
+# parsing: tree-sitter knows none of them, and a cast such as
+# `iounmap((void __iomem *)base);` then parses as a declaration, not a call
+_SPARSE = re.compile(rb"\b__(?:iomem|user|rcu|percpu|force|kernel|bitwise|private|nocast|safe)\b")
+
+
+def _blank(m: re.Match) -> bytes:
+    return b" " * (m.end() - m.start())
 
 
 # the last few texts parsed: a patch's post-image is its pre-image with a

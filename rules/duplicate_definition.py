@@ -1,11 +1,15 @@
 """duplicate-definition (DUP005): a macro defined again in the file that already defines it."""
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 from reviewbot.analysis import cparse
 from reviewbot.engine import PatchContext, Rule
 from reviewbot.findings import Location
 
 _DEFS = ("preproc_def", "preproc_function_def")
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)", re.M)
 _BRANCHES = ("preproc_if", "preproc_ifdef", "preproc_elif", "preproc_elifdef", "preproc_else")
 
 
@@ -55,14 +59,18 @@ class DuplicateDefinition(Rule):
     def check_patch(self, ctx: PatchContext):
         for fv in ctx.c_files():
             added = fv.added_lines
-            if not added or not any(ln.text.lstrip().startswith("#") and "define" in ln.text
-                                    for h in fv.diff.hunks for ln in h.added()):
+            new_names = {m.group(1) for h in fv.diff.hunks for ln in h.added()
+                         for m in [_DEFINE.match(ln.text)] if m}
+            if not new_names:
                 continue        # no #define added: nothing to ask
+            seen = Counter(_DEFINE.findall(fv.post_text))
+            if not any(seen[n] > 1 for n in new_names):
+                continue        # (a cheap look at the text before the tree is walked)
             defs: dict[str, list] = {}
             for node in cparse.walk(fv.post_tree.root_node):
                 if node.type in _DEFS:
                     name = node.child_by_field_name("name")
-                    if name is not None:
+                    if name is not None and seen[cparse.node_text(name)] > 1:
                         defs.setdefault(cparse.node_text(name), []).append(node)
             lines = fv.post_text.split("\n")
             for name, nodes in defs.items():

@@ -99,7 +99,7 @@ class ReleaseOnFailure(Rule):
                     spans = [(cparse.line_of(r), cparse.end_line_of(r)) for r in region]
                     if c.line not in changed and not any(a <= n <= b for a, b in spans for n in changed):
                         continue
-                    names = {x.name for part in region for x in cparse.calls(part)}
+                    names = _names(region)
                     if rel in names:
                         continue
                     if _gap_before(fv, fn.name, c, rel, names):
@@ -131,10 +131,15 @@ def _gap_before(fv, fname: str, call, rel: str, post_names: set[str]) -> bool:
         branch = _failure_branch(c)
         if branch is None:
             continue
-        names = {x.name for part in [branch] + _ladder(pre, branch) for x in cparse.calls(part)}
+        names = _names([branch] + _ladder(pre, branch))
         changed = {n for n in names ^ post_names if is_release(n) or _WEAK.match(n)}
         return rel not in names and not changed
     return False
+
+
+def _names(region) -> set[str]:
+    """The names of the calls on a failure path (its branch and ladder)."""
+    return {x.name for part in region for x in cparse.calls(part)}
 
 
 def _failure_branch(call):

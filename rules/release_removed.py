@@ -209,9 +209,10 @@ class ReleaseRemoved(Rule):
         fn_names = frozenset(c.name for c in cparse.calls(post_fn.node))
         instead = None
         for c in cparse.calls(post_fn.node):
-            if _undoes_another_step(c.name, fn_names, fam):
+            step = _step_undone(c.name, fn_names, fam)
+            if step is not None:
                 if c.line in added and any(_norm(a) == res for a in c.args):
-                    instead = c.name    # platform_device_del() for platform_device_put()
+                    instead = (c.name, step)    # platform_device_del() for platform_device_put()
                 continue
             if c.line in added and _CLEANUP_WORDS.search(c.name) and any(
                     _norm(a) == res or _norm(a).startswith((res + "->", res + ".")) or _norm(a) == base
@@ -232,7 +233,7 @@ class ReleaseRemoved(Rule):
             return None
         if shown is not None and (acq[1] not in shown or anchor not in shown):
             return None
-        exit_line = _unreleased_exit(post_fn, anchor, res, fam, call.name, shown)
+        exit_line = _unreleased_exit(post_fn, anchor, res, fam, call.name, shown, fn_names)
         if exit_line is None:
             return None
         acq_name, acq_line, how = acq
@@ -258,9 +259,7 @@ class ReleaseRemoved(Rule):
                    f"without releasing it. Is it leaked there now, or is it released somewhere "
                    f"this patch does not show?")
             if instead:
-                step = next(n for suf, steps in _STEP_UNDO if instead.endswith(suf)
-                            for n in (instead[: -len(suf)] + x for x in steps) if n in fn_names)
-                msg += f" ({instead}() undoes {step}(), not {acq_name}().)"
+                msg += f" ({instead[0]}() undoes {instead[1]}(), not {acq_name}().)"
         conf = "low" if how == "value?" else "medium"
         return self.finding(fv.path, anchor, msg, confidence=conf,
                             related=[Location(fv.path, acq_line, f"{acq_name}() takes it"),
@@ -415,12 +414,16 @@ _STEP_UNDO = (("_del", ("_add",)), ("_remove", ("_add", "_insert")), ("_stop", (
               ("_disable", ("_enable",)))
 
 
-def _undoes_another_step(name: str, fn_names: frozenset, fam) -> bool:
+def _step_undone(name: str, fn_names: frozenset, fam) -> str | None:
+    """The later set-up step (called in the function, FN_NAMES) that NAME
+    undoes instead of an acquire of FAM, or None."""
     for suf, steps in _STEP_UNDO:
         if name.endswith(suf):
-            others = {name[: -len(suf)] + s for s in steps}
-            return bool(others & fn_names) and not others & fam
-    return False
+            others = [name[: -len(suf)] + s for s in steps]
+            if any(o in fam for o in others):
+                return None
+            return next((o for o in others if o in fn_names), None)
+    return None
 
 
 def _releases(node, res: str, fam, name: str, fn_names: frozenset = frozenset()) -> bool:
@@ -428,7 +431,7 @@ def _releases(node, res: str, fam, name: str, fn_names: frozenset = frozenset())
         if _undoes(c.name) and (c.name == name or acquires_of(c.name) & fam) and _resource(c) == res:
             return True
         if _CLEANUP_WORDS.search(c.name) and any(_norm(a) == res for a in c.args) and c.name != name \
-                and is_release(name) and not _undoes_another_step(c.name, fn_names, fam):
+                and is_release(name) and _step_undone(c.name, fn_names, fam) is None:
             return True     # handed to a helper that may release it (not for a set-up step's
             #                 undo: mlx5_cleanup_clock(dev) is not done by another cleanup of dev)
     return False
@@ -476,13 +479,12 @@ def _as_list(node) -> list:
     return [node]
 
 
-def _unreleased_exit(fn, anchor: int, res: str, fam, name: str, shown) -> int | None:
+def _unreleased_exit(fn, anchor: int, res: str, fam, name: str, shown, fn_names: frozenset) -> int | None:
     """Follow the statements from ANCHOR to the function's exit; the exit's
     line when nothing on the way releases RES or hands it on, else None."""
     body = fn.node.child_by_field_name("body")
     if body is None:
         return None
-    fn_names = frozenset(c.name for c in cparse.calls(fn.node))
     labels = {}
     for n in cparse.walk(body):
         if n.type == "labeled_statement":

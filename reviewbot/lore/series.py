@@ -27,6 +27,7 @@ def _b4():
     logging.getLogger("b4").setLevel(logging.ERROR)
     return b4
 
+
 class _OnFirstUse(types.ModuleType):
     """Stands in for a module b4 imports at its top but needs only to check
     attestation, which reviewbot never asks of it: dkim (with dnspython)
